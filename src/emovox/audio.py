@@ -1,0 +1,170 @@
+"""Audio loading: any file or array -> mono float32 at 16 kHz, validated.
+
+soundfile (libsndfile) decodes wav, flac, ogg/vorbis, ogg/opus and mp3; soxr resamples. Every
+failure a user can cause raises :class:`~emovox.errors.AudioError` with the input's name in the
+message, and :func:`load_many` turns those into a list of skipped files so batch jobs go on.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterable
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+from emovox.errors import AudioError
+
+SAMPLE_RATE = 16_000
+AUDIO_EXTENSIONS = frozenset({".wav", ".flac", ".ogg", ".opus", ".mp3", ".aif", ".aiff"})
+
+AudioSource = str | Path | bytes | BinaryIO
+
+
+def is_audio_file(path: Path) -> bool:
+    """True for a visible file whose extension is one the loader reads."""
+    return path.is_file() and not path.name.startswith(".") and path.suffix.lower() in AUDIO_EXTENSIONS
+
+
+def _describe(source: AudioSource, name: str | None) -> str:
+    if name:
+        return name
+    if isinstance(source, (str, Path)):
+        return str(source)
+    return getattr(source, "name", None) or "<uploaded audio>"
+
+
+def load_audio(
+    source: AudioSource,
+    *,
+    sr: int = SAMPLE_RATE,
+    trim: bool = False,
+    min_duration: float = 0.0,
+    max_duration: float | None = None,
+    name: str | None = None,
+) -> np.ndarray:
+    """Decode ``source`` (a path, raw bytes or a binary file object) to mono float32 at ``sr``.
+
+    ``trim`` removes leading and trailing silence. ``min_duration`` / ``max_duration`` (seconds,
+    measured after trimming) reject clips the model cannot use. Raises :class:`AudioError`.
+    """
+    label = _describe(source, name)
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        if not path.exists():
+            raise AudioError(f"{label}: file not found")
+        if path.is_dir():
+            raise AudioError(f"{label}: is a folder, not an audio file")
+        if path.stat().st_size == 0:
+            raise AudioError(f"{label}: file is empty (0 bytes)")
+        opened: str | BinaryIO = str(path)
+    elif isinstance(source, (bytes, bytearray, memoryview)):
+        if len(source) == 0:
+            raise AudioError(f"{label}: file is empty (0 bytes)")
+        opened = io.BytesIO(bytes(source))
+    else:
+        opened = source
+    try:
+        data, file_sr = sf.read(opened, dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, EOFError) as exc:
+        raise AudioError(f"{label}: not a readable audio file ({_short(exc)})") from None
+    if max_duration is not None and data.shape[0] > (max_duration + 1.0) * file_sr and not trim:
+        # cheap early rejection before resampling a very long file
+        raise AudioError(
+            f"{label}: audio is {data.shape[0] / file_sr:.1f} s long, over the limit of {max_duration:g} s"
+        )
+    return prepare_waveform(
+        data, file_sr, target_sr=sr, trim=trim, min_duration=min_duration, max_duration=max_duration,
+        name=label,
+    )
+
+
+def prepare_waveform(
+    wave: np.ndarray,
+    sample_rate: int,
+    *,
+    target_sr: int = SAMPLE_RATE,
+    trim: bool = False,
+    min_duration: float = 0.0,
+    max_duration: float | None = None,
+    name: str = "<array>",
+) -> np.ndarray:
+    """Validate an in-memory signal and bring it to mono float32 at ``target_sr``.
+
+    ``wave`` is 1-D (samples) or 2-D (samples x channels, as soundfile returns; a 2-D array with
+    fewer rows than columns is taken as channels x samples). Integer PCM is scaled to [-1, 1].
+    """
+    arr = np.asarray(wave)
+    if arr.dtype.kind not in "fiu":
+        raise AudioError(f"{name}: audio must be numeric, got dtype {arr.dtype}")
+    if not isinstance(sample_rate, (int, np.integer)) or sample_rate <= 0:
+        raise AudioError(f"{name}: invalid sample rate {sample_rate!r}")
+    if arr.dtype.kind in "iu":
+        info = np.iinfo(arr.dtype)
+        arr = (arr.astype(np.float32) - (info.max + info.min + 1) / 2) / (info.max - info.min + 1) * 2
+    arr = arr.astype(np.float32, copy=False)
+    if arr.ndim == 2:
+        if arr.shape[0] < arr.shape[1] and arr.shape[0] <= 8:
+            arr = arr.T
+        arr = arr.mean(axis=1)
+    elif arr.ndim != 1:
+        raise AudioError(f"{name}: expected a 1-D or 2-D array, got shape {arr.shape}")
+    if arr.size == 0:
+        raise AudioError(f"{name}: audio has no samples")
+    if not np.isfinite(arr).all():
+        raise AudioError(f"{name}: audio contains NaN or infinite samples")
+    if sample_rate != target_sr:
+        arr = soxr.resample(arr, sample_rate, target_sr, quality="HQ").astype(np.float32, copy=False)
+    if trim:
+        arr = trim_silence(arr, target_sr)
+    duration = arr.size / target_sr
+    if float(np.abs(arr).max(initial=0.0)) == 0.0:
+        raise AudioError(f"{name}: audio is digital silence (all samples are zero)")
+    if duration < min_duration:
+        raise AudioError(f"{name}: audio is {duration:.2f} s long, shorter than the minimum of {min_duration:g} s")
+    if max_duration is not None and duration > max_duration:
+        raise AudioError(f"{name}: audio is {duration:.1f} s long, over the limit of {max_duration:g} s")
+    return np.ascontiguousarray(arr)
+
+
+def trim_silence(
+    wave: np.ndarray, sr: int = SAMPLE_RATE, *, top_db: float = 40.0, frame: float = 0.025, pad: float = 0.05
+) -> np.ndarray:
+    """Cut leading and trailing frames more than ``top_db`` below the loudest frame (keeps ``pad`` s)."""
+    hop = max(1, int(sr * frame / 2))
+    win = max(hop, int(sr * frame))
+    if wave.size <= win:
+        return wave
+    n_frames = 1 + (wave.size - win) // hop
+    idx = np.arange(win)[None, :] + hop * np.arange(n_frames)[:, None]
+    rms = np.sqrt(np.mean(wave[idx] ** 2, axis=1) + 1e-12)
+    db = 20 * np.log10(rms / rms.max())
+    loud = np.flatnonzero(db > -top_db)
+    if loud.size == 0:
+        return wave
+    start = max(0, loud[0] * hop - int(pad * sr))
+    end = min(wave.size, loud[-1] * hop + win + int(pad * sr))
+    return wave[start:end]
+
+
+def load_many(
+    paths: Iterable[str | Path], **kwargs: object
+) -> tuple[list[np.ndarray | None], list[tuple[Path, str]]]:
+    """Load every path; a file that fails becomes ``None`` and an entry ``(path, reason)`` in the list of skipped."""
+    waves: list[np.ndarray | None] = []
+    skipped: list[tuple[Path, str]] = []
+    for p in paths:
+        try:
+            waves.append(load_audio(p, **kwargs))  # type: ignore[arg-type]
+        except AudioError as exc:
+            waves.append(None)
+            skipped.append((Path(p), str(exc)))
+    return waves, skipped
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:200]
