@@ -8,6 +8,7 @@ message, and :func:`load_many` turns those into a list of skipped files so batch
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import BinaryIO
@@ -68,16 +69,29 @@ def load_audio(
     else:
         opened = source
     try:
-        data, file_sr = sf.read(opened, dtype="float32", always_2d=True)
+        with sf.SoundFile(opened) as f:
+            truncated = _truncation(f.extra_info)
+            if truncated:
+                raise AudioError(f"{label}: file is truncated ({truncated})")
+            data = f.read(dtype="float32", always_2d=True)
+            file_sr = f.samplerate
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, EOFError) as exc:
         raise AudioError(f"{label}: not a readable audio file ({_short(exc)})") from None
+    # soundfile returns frames x channels; mix down here so a very short multichannel file is
+    # never mistaken for channels x frames by prepare_waveform's layout guess
+    data = data.mean(axis=1) if data.shape[0] else data[:, 0]
     if max_duration is not None and data.shape[0] > (max_duration + 1.0) * file_sr and not trim:
         # cheap early rejection before resampling a very long file
         raise AudioError(
             f"{label}: audio is {data.shape[0] / file_sr:.1f} s long, over the limit of {max_duration:g} s"
         )
     return prepare_waveform(
-        data, file_sr, target_sr=sr, trim=trim, min_duration=min_duration, max_duration=max_duration,
+        data,
+        file_sr,
+        target_sr=sr,
+        trim=trim,
+        min_duration=min_duration,
+        max_duration=max_duration,
         name=label,
     )
 
@@ -106,14 +120,14 @@ def prepare_waveform(
         info = np.iinfo(arr.dtype)
         arr = (arr.astype(np.float32) - (info.max + info.min + 1) / 2) / (info.max - info.min + 1) * 2
     arr = arr.astype(np.float32, copy=False)
+    if arr.size == 0:
+        raise AudioError(f"{name}: audio has no samples")
     if arr.ndim == 2:
         if arr.shape[0] < arr.shape[1] and arr.shape[0] <= 8:
             arr = arr.T
         arr = arr.mean(axis=1)
     elif arr.ndim != 1:
         raise AudioError(f"{name}: expected a 1-D or 2-D array, got shape {arr.shape}")
-    if arr.size == 0:
-        raise AudioError(f"{name}: audio has no samples")
     if not np.isfinite(arr).all():
         raise AudioError(f"{name}: audio contains NaN or infinite samples")
     if sample_rate != target_sr:
@@ -124,7 +138,9 @@ def prepare_waveform(
     if float(np.abs(arr).max(initial=0.0)) == 0.0:
         raise AudioError(f"{name}: audio is digital silence (all samples are zero)")
     if duration < min_duration:
-        raise AudioError(f"{name}: audio is {duration:.2f} s long, shorter than the minimum of {min_duration:g} s")
+        raise AudioError(
+            f"{name}: audio is {duration:.2f} s long, shorter than the minimum of {min_duration:g} s"
+        )
     if max_duration is not None and duration > max_duration:
         raise AudioError(f"{name}: audio is {duration:.1f} s long, over the limit of {max_duration:g} s")
     return np.ascontiguousarray(arr)
@@ -153,7 +169,7 @@ def trim_silence(
 def load_many(
     paths: Iterable[str | Path], **kwargs: object
 ) -> tuple[list[np.ndarray | None], list[tuple[Path, str]]]:
-    """Load every path; a file that fails becomes ``None`` and an entry ``(path, reason)`` in the list of skipped."""
+    """Load every path; a file that fails becomes ``None`` plus an entry ``(path, reason)`` in ``skipped``."""
     waves: list[np.ndarray | None] = []
     skipped: list[tuple[Path, str]] = []
     for p in paths:
@@ -163,6 +179,21 @@ def load_many(
             waves.append(None)
             skipped.append((Path(p), str(exc)))
     return waves, skipped
+
+
+# libsndfile notes a WAV/AIFF whose audio chunk is shorter than its header declares as
+# "data : 176400 (should be 88178)"; 0 and 0xFFFFFFFF are placeholders written by streaming recorders.
+_CHUNK_LENGTH = re.compile(r"^(data|SSND)\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
+_STREAMING_PLACEHOLDERS = {0, 0xFFFFFFFF, 0x7FFFFFFF}
+
+
+def _truncation(extra_info: str) -> str | None:
+    """Describe the truncation libsndfile found in a file's header, or None if the file is whole."""
+    for match in _CHUNK_LENGTH.finditer(extra_info):
+        declared, present = int(match.group(2)), int(match.group(3))
+        if declared not in _STREAMING_PLACEHOLDERS and present < declared:
+            return f"header declares {declared} bytes of audio, only {present} are present"
+    return None
 
 
 def _short(exc: BaseException) -> str:
