@@ -375,6 +375,9 @@ def _scan_folder(root: Path, files: list[Path]) -> Scan:
 # --------------------------------------------------------------------------- CSV manifest
 
 
+_MANIFEST_COLUMNS = frozenset({"path", "emotion", "speaker", "gender"})
+
+
 def _manifest_columns(csv_path: Path) -> list[str] | None:
     """The lower-cased header of a CSV that has ``path`` and ``emotion`` columns, else None."""
     try:
@@ -401,7 +404,8 @@ def _scan_manifest(root: Path, files: list[Path]) -> Scan:
     """A CSV with columns ``path, emotion[, speaker[, gender]]``; relative paths are from the CSV's folder.
 
     A speaker value that already contains ``:`` (e.g. ``ravdess:05``) is kept as is, so clips taken
-    from a known corpus keep their identity; others become ``manifest:<speaker>``.
+    from a known corpus keep their identity; others become ``manifest:<speaker>``. Any other
+    columns are kept in :attr:`Utterance.extra`.
     """
     csv_path = _find_manifest(root)
     if csv_path is None:
@@ -448,6 +452,7 @@ def _scan_manifest(root: Path, files: list[Path]) -> Scan:
                     corpus="manifest",
                     label=row["emotion"],
                     gender=gender,
+                    extra={k: v for k, v in row.items() if k not in _MANIFEST_COLUMNS and v},
                 )
             )
     return utts, skipped
@@ -572,7 +577,7 @@ def summarize(corpus: Corpus) -> dict[str, Any]:
     """Counts and durations of a corpus, read from file headers (``soundfile.info``; nothing is decoded).
 
     Returns a JSON-able dict: ``name``, ``root``, ``clips``, ``per_emotion`` (in :data:`EMOTIONS`
-    order), ``per_speaker``, ``per_gender``, ``total_duration_s``, ``mean_duration_s``,
+    order), ``per_speaker``, ``per_gender``, ``speaker_gender``, ``total_duration_s``, ``mean_duration_s``,
     ``min_duration_s``, ``max_duration_s``, ``sample_rates`` ({rate: clips}), ``channels``
     ({count: clips}), ``unreadable`` and ``skipped`` (lists of ``{"path", "reason"}``).
     """
@@ -598,6 +603,7 @@ def summarize(corpus: Corpus) -> dict[str, Any]:
         "per_emotion": {e: per_emotion[e] for e in EMOTIONS if per_emotion[e]},
         "per_speaker": dict(sorted(Counter(u.speaker for u in corpus.utterances).items())),
         "per_gender": dict(sorted(Counter(u.gender or "unknown" for u in corpus.utterances).items())),
+        "speaker_gender": {u.speaker: u.gender for u in sorted(corpus.utterances, key=lambda u: u.speaker)},
         "total_duration_s": round(total, 3),
         "mean_duration_s": round(total / len(durations), 3) if durations else 0.0,
         "min_duration_s": round(min(durations), 3) if durations else 0.0,
