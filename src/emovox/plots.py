@@ -1,0 +1,327 @@
+"""Figures for reports: training curves, confusion matrices, per-speaker scores, data examples.
+
+Every function draws with matplotlib's non-interactive Agg backend, writes one PNG and returns its
+path, so reports can be produced on a headless server or in CI. Functions take plain Python data
+(lists, dicts, NumPy arrays) rather than model objects so they can also redraw a finished run from
+its ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from emovox.audio import SAMPLE_RATE  # noqa: E402
+from emovox.errors import EmovoxError  # noqa: E402
+
+if TYPE_CHECKING:
+    from emovox.corpora import Utterance
+
+DPI = 110
+
+History = Sequence[Mapping[str, Any]]
+
+# history keys: "<split>_<metric>" with optional Lightning suffix, e.g. train_loss_epoch, val/ua
+_KEY = re.compile(r"^(?P<split>train|val|valid|validation|test)[_/](?P<metric>.+?)(?:_epoch)?$")
+_ACCURACY_METRICS = ("ua", "uar", "wa", "acc", "accuracy", "f1", "macro_f1", "balanced_accuracy")
+
+
+def _save(fig: plt.Figure, out: Path) -> Path:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=DPI, bbox_inches="tight")
+    plt.close(fig)
+    return out
+
+
+def history_from_csv(path: str | Path) -> list[dict[str, float]]:
+    """Read Lightning's ``CSVLogger`` ``metrics.csv`` into one dict per epoch.
+
+    Lightning writes one row per logging call with empty cells for the other columns; this keeps,
+    per epoch, the last value seen for each column and drops per-step columns (``*_step``, ``step``).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise EmovoxError(f"{path}: training log not found")
+    per_epoch: dict[int, dict[str, float]] = {}
+    with path.open(newline="") as f:
+        for row in csv.DictReader(f):
+            epoch_cell = row.get("epoch", "")
+            if not epoch_cell:
+                continue
+            epoch = int(float(epoch_cell))
+            entry = per_epoch.setdefault(epoch, {"epoch": float(epoch)})
+            for key, cell in row.items():
+                if key in ("epoch", "step") or key.endswith("_step") or cell in ("", None):
+                    continue
+                entry[key] = float(cell)
+    return [per_epoch[e] for e in sorted(per_epoch)]
+
+
+def _series(
+    history: History,
+) -> tuple[dict[str, list[tuple[float, float]]], dict[str, list[tuple[float, float]]]]:
+    """Split a history into loss curves and accuracy-like curves, keyed by their history key."""
+    losses: dict[str, list[tuple[float, float]]] = {}
+    scores: dict[str, list[tuple[float, float]]] = {}
+    for i, entry in enumerate(history):
+        epoch = float(entry.get("epoch", i))
+        for key, value in entry.items():
+            match = _KEY.match(key)
+            if not match or value is None or not isinstance(value, (int, float)) or math.isnan(value):
+                continue
+            metric = match.group("metric").lower()
+            if "loss" in metric:
+                losses.setdefault(key, []).append((epoch, float(value)))
+            elif metric in _ACCURACY_METRICS:
+                scores.setdefault(key, []).append((epoch, float(value)))
+    return losses, scores
+
+
+def plot_history(history: History | str | Path, out: str | Path, *, title: str | None = None) -> Path:
+    """Loss (left) and UA / accuracy (right) per epoch for training and validation.
+
+    ``history`` is a list of per-epoch dicts (``{"epoch": 0, "train_loss": .., "val_loss": ..,
+    "val_ua": ..}``, the form ``training.fit`` returns) or the path of a Lightning ``metrics.csv``.
+    Keys are recognised by their ``train_`` / ``val_`` prefix, so extra metrics appear automatically.
+    """
+    if isinstance(history, (str, Path)):
+        history = history_from_csv(history)
+    losses, scores = _series(history)
+    if not losses and not scores:
+        raise EmovoxError("training history has no train_/val_ loss or accuracy values to plot")
+    fig, (ax_loss, ax_score) = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, curves, ylabel in ((ax_loss, losses, "loss"), (ax_score, scores, "score")):
+        for key, points in sorted(curves.items()):
+            xs, ys = zip(*points, strict=True)
+            style = "--" if key.startswith("train") else "-"
+            ax.plot(xs, ys, style, marker="o" if len(xs) < 30 else None, markersize=3, label=key)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        if curves:
+            ax.legend(fontsize=8)
+    ax_loss.set_title("loss")
+    ax_score.set_title("UA / accuracy")
+    if scores:
+        ax_score.set_ylim(0, 1)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, Path(out))
+
+
+def plot_confusion(
+    confusion: Sequence[Sequence[float]] | np.ndarray,
+    labels: Sequence[str],
+    out: str | Path,
+    *,
+    title: str | None = None,
+) -> Path:
+    """Confusion matrix as counts (left) and row-normalised recall (right); rows are true emotions."""
+    counts = np.asarray(confusion, dtype=float)
+    if counts.shape != (len(labels), len(labels)):
+        raise ValueError(f"confusion matrix shape {counts.shape} does not match {len(labels)} labels")
+    row_sums = counts.sum(axis=1, keepdims=True)
+    normalised = np.divide(counts, row_sums, out=np.zeros_like(counts), where=row_sums > 0)
+    size = max(4.5, 0.75 * len(labels) + 2)
+    fig, axes = plt.subplots(1, 2, figsize=(2 * size + 1, size))
+    panels = (
+        (axes[0], counts, "counts", "{:.0f}", counts.max() or 1.0),
+        (axes[1], normalised, "row-normalised (recall)", "{:.2f}", 1.0),
+    )
+    for ax, matrix, name, fmt, vmax in panels:
+        image = ax.imshow(matrix, cmap="Blues", vmin=0, vmax=vmax)
+        ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+        ax.set_yticks(range(len(labels)), labels)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title(name)
+        for i in range(len(labels)):
+            for j in range(len(labels)):
+                value = matrix[i, j]
+                colour = "white" if value > 0.6 * vmax else "black"
+                ax.text(j, i, fmt.format(value), ha="center", va="center", color=colour, fontsize=8)
+        fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, Path(out))
+
+
+def plot_per_speaker(
+    per_speaker: Mapping[str, Mapping[str, float]], out: str | Path, *, title: str | None = None
+) -> Path:
+    """Bar chart of accuracy per test speaker (``{speaker: {"accuracy": a, "n": n}}``), with the mean line."""
+    if not per_speaker:
+        raise ValueError("no per-speaker results to plot")
+    speakers = sorted(per_speaker)
+    acc = [float(per_speaker[s]["accuracy"]) for s in speakers]
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.45 * len(speakers) + 2), 3.8))
+    ax.bar(range(len(speakers)), acc, color="#4c72b0")
+    ax.axhline(float(np.mean(acc)), color="#c44e52", linestyle="--", label=f"mean {np.mean(acc):.3f}")
+    ax.set_xticks(range(len(speakers)), speakers, rotation=60, ha="right", fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("accuracy")
+    ax.set_title(title or "accuracy per test speaker")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, Path(out))
+
+
+def plot_fold_scores(
+    folds: Sequence[Mapping[str, Any]], out: str | Path, *, title: str | None = None
+) -> Path:
+    """WA, UA and macro-F1 of each cross-validation fold as grouped bars."""
+    if not folds:
+        raise ValueError("no folds to plot")
+    metrics = (("wa", "WA"), ("ua", "UA"), ("macro_f1", "macro-F1"))
+    x = np.arange(len(folds))
+    width = 0.27
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(folds) + 2), 3.8))
+    for k, (key, name) in enumerate(metrics):
+        ax.bar(x + (k - 1) * width, [float(f[key]) for f in folds], width, label=name)
+    ax.set_xticks(x, [str(f.get("fold", i + 1)) for i, f in enumerate(folds)], rotation=30, ha="right")
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("score")
+    ax.set_title(title or "scores per fold")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, Path(out))
+
+
+def _one_per_emotion(utts: Sequence[Utterance], waves: Mapping[Path, np.ndarray]) -> list[Utterance]:
+    """The first utterance (in corpus order) of each emotion whose audio is available."""
+    chosen: dict[str, Utterance] = {}
+    for u in utts:
+        if u.emotion not in chosen and u.path in waves:
+            chosen[u.emotion] = u
+    return list(chosen.values())
+
+
+def _logmel_and_mfcc(wave: np.ndarray, sr: int) -> tuple[np.ndarray, np.ndarray]:
+    """Log-mel spectrogram (64 bands, dB) and 20 MFCCs with 25 ms windows and 10 ms hops."""
+    import librosa
+
+    mel = librosa.feature.melspectrogram(y=wave, sr=sr, n_fft=512, win_length=400, hop_length=160, n_mels=64)
+    logmel = librosa.power_to_db(mel, ref=np.max, top_db=80.0)
+    mfcc = librosa.feature.mfcc(S=librosa.power_to_db(mel), n_mfcc=20)
+    return logmel, mfcc
+
+
+def plot_examples(
+    utts: Sequence[Utterance], waves: Mapping[Path, np.ndarray], out: str | Path, *, sr: int = SAMPLE_RATE
+) -> Path:
+    """One example per emotion: waveform, log-mel spectrogram and MFCCs, one row per emotion."""
+    examples = _one_per_emotion(utts, waves)
+    if not examples:
+        raise ValueError("no utterance with loaded audio to plot")
+    hop = 160  # FeatureConfig default: 10 ms frames
+    fig, axes = plt.subplots(len(examples), 3, figsize=(14, 2.1 * len(examples) + 0.6), squeeze=False)
+    for row, u in zip(axes, examples, strict=True):
+        wave = waves[u.path]
+        t = np.arange(wave.size) / sr
+        row[0].plot(t, wave, linewidth=0.4, color="#4c72b0")
+        row[0].set_xlim(0, t[-1] if t.size else 1)
+        row[0].set_ylabel(u.emotion, fontsize=11, fontweight="bold")
+        logmel, mfcc = _logmel_and_mfcc(wave, sr)
+        extent = (0, logmel.shape[1] * hop / sr)
+        row[1].imshow(
+            logmel, origin="lower", aspect="auto", cmap="magma", extent=(*extent, 0, logmel.shape[0])
+        )
+        row[2].imshow(
+            mfcc, origin="lower", aspect="auto", cmap="coolwarm", extent=(*extent, 0, mfcc.shape[0])
+        )
+        row[1].set_ylabel("mel band", fontsize=8)
+        row[2].set_ylabel("MFCC", fontsize=8)
+        row[0].text(
+            0.01, 0.97, f"{Path(u.path).name} ({u.speaker})", transform=row[0].transAxes, fontsize=7, va="top"
+        )
+    for ax, name in zip(axes[0], ("waveform", "log-mel spectrogram (dB)", "MFCC"), strict=True):
+        ax.set_title(name, fontsize=10)
+    for ax in axes[-1]:
+        ax.set_xlabel("time (s)")
+    fig.tight_layout()
+    return _save(fig, Path(out))
+
+
+def utterance_descriptors(wave: np.ndarray, sr: int = SAMPLE_RATE) -> dict[str, float]:
+    """Interpretable per-utterance descriptors: mean F0 of voiced frames, mean energy, MFCC1, duration.
+
+    F0 comes from librosa's YIN restricted to frames whose energy is within 30 dB of the loudest
+    frame (so silence does not drag the mean); energy is the mean frame RMS in dB.
+    """
+    import librosa
+
+    frame, hop = 1024, 160
+    padded = np.pad(wave, (0, max(0, frame - wave.size)))
+    rms = librosa.feature.rms(y=padded, frame_length=frame, hop_length=hop)[0]
+    rms_db = 20 * np.log10(rms + 1e-8)
+    f0 = librosa.yin(padded, fmin=65.0, fmax=500.0, sr=sr, frame_length=frame, hop_length=hop)
+    n = min(f0.size, rms_db.size)
+    voiced = rms_db[:n] > rms_db.max() - 30
+    mfcc = librosa.feature.mfcc(y=padded, sr=sr, n_mfcc=13, n_fft=512, hop_length=hop)
+    return {
+        "mean F0 (Hz)": float(np.mean(f0[:n][voiced])) if voiced.any() else float("nan"),
+        "energy (dB RMS)": float(np.mean(rms_db[voiced])) if voiced.any() else float(np.mean(rms_db)),
+        "MFCC 1 (mean)": float(np.mean(mfcc[1])),
+        "duration (s)": wave.size / sr,
+    }
+
+
+def plot_feature_distributions(
+    utts: Sequence[Utterance],
+    waves: Mapping[Path, np.ndarray],
+    out: str | Path,
+    *,
+    per_emotion: int = 40,
+    seed: int = 0,
+    sr: int = SAMPLE_RATE,
+) -> Path:
+    """Box plots of mean F0, energy, MFCC1 and duration per emotion (up to ``per_emotion`` clips each).
+
+    Shows whether emotions differ along the prosodic dimensions the literature relies on (e.g.
+    angry/happy louder and higher than sad) before any model is trained.
+    """
+    rng = np.random.default_rng(seed)
+    by_emotion: dict[str, list[Utterance]] = {}
+    for u in utts:
+        if u.path in waves:
+            by_emotion.setdefault(u.emotion, []).append(u)
+    if not by_emotion:
+        raise ValueError("no utterance with loaded audio to plot")
+    emotions = list(by_emotion)
+    values: dict[str, dict[str, list[float]]] = {}
+    for emotion in emotions:
+        pool = by_emotion[emotion]
+        picked = rng.choice(len(pool), size=min(per_emotion, len(pool)), replace=False)
+        for i in sorted(picked):
+            for name, value in utterance_descriptors(waves[pool[i].path], sr).items():
+                if not math.isnan(value):
+                    values.setdefault(name, {}).setdefault(emotion, []).append(value)
+    names = list(values)
+    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 4.2), squeeze=False)
+    for ax, name in zip(axes[0], names, strict=True):
+        present = [e for e in emotions if values[name].get(e)]
+        ax.boxplot([values[name][e] for e in present], showfliers=False)
+        ax.set_xticks(range(1, len(present) + 1), present, rotation=45, ha="right")
+        ax.set_title(name)
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle(f"per-emotion descriptors (up to {per_emotion} clips per emotion)")
+    fig.tight_layout()
+    return _save(fig, Path(out))

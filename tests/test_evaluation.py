@@ -1,0 +1,271 @@
+"""Metrics, model evaluation, speaker-grouped cross-validation and reports (synthetic, fast)."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from conftest import synth_speech
+from emovox.corpora import Utterance, load_corpus
+from emovox.errors import CorpusError
+from emovox.evaluation import compute_metrics, cross_validate, evaluate_model, write_report
+from emovox.splits import leave_one_speaker_out, speaker_kfold
+
+SR = 16_000
+# each synthetic emotion is a different pitch, so a pitch-reading fake model can recognise it
+PITCH = {"neutral": 110.0, "happy": 220.0, "angry": 330.0}
+
+
+def make_corpus(root: Path, speakers: int = 6, per_emotion: int = 2, seconds: float = 0.4) -> Path:
+    """``root/<speaker>/<emotion>/NN.wav``: the folder-per-emotion layout with speaker folders."""
+    for s in range(speakers):
+        for emotion, f0 in PITCH.items():
+            folder = root / f"spk{s}" / emotion
+            folder.mkdir(parents=True, exist_ok=True)
+            for k in range(per_emotion):
+                wave = synth_speech(seconds, SR, f0=f0 * (1 + 0.02 * s), seed=100 * s + k)
+                sf.write(folder / f"{k:02d}.wav", wave, SR)
+    return root
+
+
+def dominant_pitch(wave: np.ndarray) -> float:
+    spectrum = np.abs(np.fft.rfft(wave * np.hanning(wave.size)))
+    freqs = np.fft.rfftfreq(wave.size, 1 / SR)
+    band = (freqs > 60) & (freqs < 400)
+    return float(freqs[band][spectrum[band].argmax()])
+
+
+@dataclass
+class PitchClassifier:
+    """Fake model: probability mass on the label whose pitch is nearest the clip's dominant pitch."""
+
+    labels: list[str]
+    calls: list[int] = field(default_factory=list)
+
+    def predict_proba(self, waves: list[np.ndarray]) -> np.ndarray:
+        self.calls.append(len(waves))
+        out = np.full((len(waves), len(self.labels)), 0.1 / max(1, len(self.labels) - 1))
+        for i, w in enumerate(waves):
+            pitch = dominant_pitch(w)
+            out[i, int(np.argmin([abs(PITCH.get(lab, 1e4) - pitch) for lab in self.labels]))] = 0.9
+        return out / out.sum(axis=1, keepdims=True)
+
+
+@dataclass
+class FakeFit:
+    model: Any
+    best_val_ua: float
+    history: list[dict[str, float]]
+    checkpoint: Path
+
+
+@pytest.fixture(scope="module")
+def corpus_utts(tmp_path_factory: pytest.TempPathFactory) -> list[Utterance]:
+    root = make_corpus(tmp_path_factory.mktemp("corpus"))
+    return load_corpus(root, "folder").utterances
+
+
+# --------------------------------------------------------------------------- compute_metrics
+
+
+def test_imbalanced_ua_differs_from_wa() -> None:
+    m = compute_metrics(["a", "a", "a", "a", "b"], ["a"] * 5, ["a", "b"])
+    assert m["wa"] == pytest.approx(0.8)
+    assert m["ua"] == pytest.approx(0.5)  # recall a = 1, recall b = 0
+    f1_a = 2 * 0.8 * 1.0 / 1.8
+    assert m["macro_f1"] == pytest.approx(f1_a / 2)
+    assert m["per_class"]["a"] == {"precision": 0.8, "recall": 1.0, "f1": pytest.approx(f1_a), "support": 4}
+    assert m["per_class"]["b"]["support"] == 1 and m["per_class"]["b"]["recall"] == 0.0
+
+
+def test_confusion_rows_are_true_labels_in_label_order() -> None:
+    m = compute_metrics(["a", "a", "b", "c"], ["b", "b", "b", "a"], ["c", "b", "a"])
+    # rows/cols in the given order c, b, a
+    assert m["labels"] == ["c", "b", "a"]
+    assert m["confusion"] == [[0, 0, 1], [0, 1, 0], [0, 2, 0]]
+
+
+def test_ua_and_f1_ignore_classes_absent_from_test() -> None:
+    m = compute_metrics(["a", "b"], ["a", "c"], ["a", "b", "c"])
+    assert m["ua"] == pytest.approx(0.5)  # mean of recall(a)=1, recall(b)=0; c has no support
+    assert m["macro_f1"] == pytest.approx(0.5)  # f1(a)=1, f1(b)=0
+    assert m["per_class"]["c"]["precision"] == 0.0
+
+
+def test_per_speaker_accuracy() -> None:
+    m = compute_metrics(["a", "a", "b", "b"], ["a", "b", "b", "b"], ["a", "b"], speakers=["x", "x", "y", "y"])
+    assert m["per_speaker"] == {"x": {"accuracy": 0.5, "n": 2}, "y": {"accuracy": 1.0, "n": 2}}
+
+
+def test_unknown_label_and_length_mismatch() -> None:
+    with pytest.raises(CorpusError, match="zzz"):
+        compute_metrics(["a", "zzz"], ["a", "a"], ["a", "b"])
+    with pytest.raises(ValueError):
+        compute_metrics(["a"], ["a", "b"], ["a", "b"])
+
+
+# --------------------------------------------------------------------------- evaluate_model
+
+
+def test_evaluate_model_scores_and_predictions(corpus_utts: list[Utterance]) -> None:
+    clf = PitchClassifier(labels=list(PITCH))
+    m = evaluate_model(clf, corpus_utts, batch_size=8, progress=False)
+    assert m["n"] == len(corpus_utts) == 36
+    assert m["wa"] == pytest.approx(1.0) and m["ua"] == pytest.approx(1.0)
+    assert sum(clf.calls) == 36 and max(clf.calls) == 8  # batched
+    assert len(m["predictions"]) == 36
+    p = m["predictions"][0]
+    assert set(p) == {"path", "speaker", "true", "pred", "confidence"}
+    assert p["confidence"] == pytest.approx(0.9)
+    assert set(m["per_speaker"]) == {f"folder:spk{s}" for s in range(6)}
+    assert m["shared_emotions"] is None and m["dropped"] == {}
+
+
+def test_evaluate_model_unknown_emotion_is_named(corpus_utts: list[Utterance]) -> None:
+    clf = PitchClassifier(labels=["neutral", "happy"])
+    with pytest.raises(CorpusError, match="angry"):
+        evaluate_model(clf, corpus_utts, progress=False)
+
+
+def test_evaluate_model_cross_corpus_restricts_to_shared(corpus_utts: list[Utterance]) -> None:
+    # the model knows "sad" (absent from the test data) and not "angry" (present)
+    clf = PitchClassifier(labels=["sad", "neutral", "happy"])
+    m = evaluate_model(clf, corpus_utts, shared_only=True, progress=False)
+    assert m["shared_emotions"] == ["neutral", "happy"]
+    assert m["labels"] == ["neutral", "happy"]
+    assert m["dropped"] == {"angry": 12}
+    assert m["n"] == 24
+    assert {p["pred"] for p in m["predictions"]} <= {"neutral", "happy"}  # argmax restricted
+
+
+# --------------------------------------------------------------------------- cross_validate
+
+
+def test_cross_validate_no_leak_each_speaker_once(corpus_utts: list[Utterance], tmp_path: Path) -> None:
+    calls: list[dict[str, Any]] = []
+
+    def fake_fit(
+        cfg: Any, train: list[Utterance], val: list[Utterance], run_dir: Path, *, waves: Any
+    ) -> FakeFit:
+        calls.append({"train": train, "val": val, "run_dir": run_dir, "waves": waves})
+        history = [
+            {"epoch": e, "train_loss": 1.0 / (e + 1), "val_loss": 1.2 / (e + 1), "val_ua": 0.3 + 0.1 * e}
+            for e in range(3)
+        ]
+        return FakeFit(
+            PitchClassifier(sorted({u.emotion for u in train})), 0.5, history, run_dir / "best.ckpt"
+        )
+
+    splits = speaker_kfold(corpus_utts, k=3, seed=0)
+    res = cross_validate(None, corpus_utts, splits, tmp_path, fit=fake_fit, progress=False)
+
+    assert len(calls) == 3
+    assert all(c["waves"] is calls[0]["waves"] for c in calls)  # loaded once, shared by all folds
+    assert [c["run_dir"].name for c in calls] == ["fold_01", "fold_02", "fold_03"]
+    tested: list[str] = []
+    for call, fold in zip(calls, res["folds"], strict=True):
+        train_spk = {u.speaker for u in call["train"]}
+        val_spk = {u.speaker for u in call["val"]}
+        assert val_spk and not train_spk & val_spk
+        assert not set(fold["test_speakers"]) & (train_spk | val_spk)
+        assert sorted(train_spk) == fold["train_speakers"] and sorted(val_spk) == fold["val_speakers"]
+        tested += fold["test_speakers"]
+        assert (
+            json.loads((tmp_path / fold["fold"] / "metrics.json").read_text())["test_speakers"]
+            == fold["test_speakers"]
+        )
+    assert sorted(tested) == sorted({u.speaker for u in corpus_utts})  # each speaker tested exactly once
+    assert res["protocol"]["speaker_leak"] is False and res["protocol"]["test_speakers_once"] is True
+
+    for key in ("wa", "ua", "macro_f1"):
+        values = [f[key] for f in res["folds"]]
+        assert res["summary"][key]["mean"] == pytest.approx(np.mean(values))
+        assert res["summary"][key]["std"] == pytest.approx(np.std(values, ddof=1))
+    pooled = np.array(res["pooled"]["confusion"])
+    assert pooled.sum() == len(corpus_utts)
+    assert np.array_equal(pooled, sum(np.array(f["metrics"]["confusion"]) for f in res["folds"]))
+    assert len(res["pooled"]["per_speaker"]) == 6 and len(res["predictions"]) == 36
+
+
+def test_cross_validate_rejects_leaky_split_unless_allowed(
+    corpus_utts: list[Utterance], tmp_path: Path
+) -> None:
+    from emovox.splits import Split
+
+    leaky = Split(train=np.arange(0, 36, 2), test=np.arange(1, 36, 2), name="leaky")
+
+    def fake_fit(
+        cfg: Any, train: list[Utterance], val: list[Utterance], run_dir: Path, *, waves: Any
+    ) -> FakeFit:
+        return FakeFit(PitchClassifier(list(PITCH)), 1.0, [], run_dir)
+
+    with pytest.raises(ValueError, match="also in training"):
+        cross_validate(None, corpus_utts, [leaky], tmp_path / "a", fit=fake_fit, progress=False)
+    res = cross_validate(
+        None, corpus_utts, [leaky], tmp_path / "b", fit=fake_fit, allow_speaker_leak=True, progress=False
+    )
+    assert res["protocol"]["speaker_leak"] is True
+    report = write_report(tmp_path / "b", res, title="leaky").read_text()
+    assert "speakers leak: not a valid result" in report
+
+
+# --------------------------------------------------------------------------- reports
+
+
+def _image_links(report: Path) -> list[Path]:
+    return [report.parent / link for link in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report.read_text())]
+
+
+def test_write_report_single_evaluation(corpus_utts: list[Utterance], tmp_path: Path) -> None:
+    m = evaluate_model(PitchClassifier(list(PITCH)), corpus_utts, progress=False)
+    history = [
+        {"epoch": e, "train_loss": 1 - 0.1 * e, "val_loss": 1.1 - 0.1 * e, "val_ua": 0.2 * e}
+        for e in range(4)
+    ]
+    report = write_report(
+        tmp_path,
+        m,
+        history=history,
+        title="synthetic",
+        config={"model": {"family": "mlp"}},
+        data_utts=corpus_utts,
+    )
+    text = report.read_text()
+    links = _image_links(report)
+    assert {p.name for p in links} == {
+        "confusion.png",
+        "per_speaker.png",
+        "history_training.png",
+        "examples.png",
+        "feature_distributions.png",
+    }
+    assert all(p.is_file() and p.stat().st_size > 5000 for p in links)
+    assert "| UA | 1.000 |" in text and "folder:spk3" in text and "family: mlp" in text
+    stored = json.loads((tmp_path / "metrics.json").read_text())
+    assert stored["ua"] == 1.0 and "predictions" not in stored
+    assert len((tmp_path / "predictions.csv").read_text().splitlines()) == 37
+
+
+def test_write_report_cross_validation(corpus_utts: list[Utterance], tmp_path: Path) -> None:
+    def fake_fit(
+        cfg: Any, train: list[Utterance], val: list[Utterance], run_dir: Path, *, waves: Any
+    ) -> FakeFit:
+        history = [{"epoch": e, "train_loss": 1.0 / (e + 1), "val_ua": 0.5} for e in range(2)]
+        return FakeFit(PitchClassifier(list(PITCH)), 0.5, history, run_dir)
+
+    res = cross_validate(
+        None, corpus_utts, leave_one_speaker_out(corpus_utts), tmp_path, fit=fake_fit, progress=False
+    )
+    assert len(res["folds"]) == 6 and res["summary"]["ua"]["std"] == 0.0
+    report = write_report(tmp_path, res, title="LOSO")
+    text = report.read_text()
+    assert "1.000 ± 0.000" in text and "validation speakers" in text
+    assert all(p.is_file() for p in _image_links(report))
+    assert len([p for p in _image_links(report) if p.name.startswith("history_fold_")]) == 6
