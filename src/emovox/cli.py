@@ -182,6 +182,53 @@ def data_fetch(
 # (owned by emovox.serve)
 
 
+@app.command("serve")
+def serve(
+    model: Annotated[str, typer.Option(help='Model bundle: "default" or a bundle folder.')] = "default",
+    host: Annotated[str, typer.Option(help="Interface to listen on (loopback by default).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = 8000,
+    max_upload_mb: Annotated[float, typer.Option(min=0.001, help="Largest upload per file (MB).")] = 20.0,
+    max_duration_s: Annotated[float, typer.Option(min=0.1, help="Longest audio accepted (s).")] = 600.0,
+    cors_origin: Annotated[
+        list[str] | None,
+        typer.Option(help="Allow browser requests from this origin (repeatable); default: none."),
+    ] = None,
+    backend: Annotated[
+        str, typer.Option(help="Inference backend: torch or onnx (see `emovox export`).")
+    ] = "torch",
+    workers: Annotated[
+        int | None, typer.Option(min=1, help="Inferences run at once (threads) (default: cores, at most 2).")
+    ] = None,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+) -> None:
+    """Run the web service: the page at /, the JSON API under /api/v1, live streaming, docs at /docs."""
+    import socket
+
+    from emovox.predict import Recognizer
+    from emovox.serve import ServeSettings, run_server
+
+    settings = ServeSettings(
+        max_upload_mb=max_upload_mb,
+        max_duration_s=max_duration_s,
+        cors_origins=tuple(cors_origin or ()),
+        **({"workers": workers} if workers is not None else {}),
+    )
+    try:  # a clear line now rather than a uvicorn traceback once the model is loaded
+        with socket.create_server((host, port)):
+            pass
+    except OSError as exc:
+        raise fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    with console.status(f"loading model {model}..."):
+        recognizer = Recognizer.load(model, backend=backend)  # type: ignore[arg-type]
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        err_console.print(f"[yellow]warning:[/] listening on {host}: the service has no authentication")
+    console.print(
+        f"emovox serving model [bold]{model}[/] ({len(recognizer.labels)} emotions) at http://{host}:{port}/",
+        highlight=False,
+    )
+    run_server(recognizer, model=model, host=host, port=port, settings=settings, log_level=log_level)
+
+
 def main() -> None:
     """Entry point: run the app, turning user errors into one message instead of a traceback."""
     try:
