@@ -497,3 +497,70 @@ def test_stream_client_disconnect_mid_stream_is_clean(
         assert ws.receive_json()["speech"]
     assert client.get("/healthz").status_code == 200
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+
+
+# --------------------------------------------------------------------------- the real Recognizer
+
+LABELS = ["angry", "happy", "neutral", "sad"]
+
+
+def make_random_bundle(path: Path) -> Path:
+    """A small random-weight bundle: exercises the real load/predict/VAD path in seconds."""
+    from emovox.bundle import save_bundle
+    from emovox.features import FeatureConfig
+    from emovox.models import EmotionNet
+
+    net = EmotionNet(FeatureConfig(), "mlp", None, LABELS)
+    card = {"data": "none (random weights, for tests)", "protocol": "none", "licence": "CC0"}
+    return save_bundle(net, path, metrics={"ua": 0.25}, card=card, training={"corpora": ["none"]})
+
+
+@pytest.fixture(scope="module")
+def real_client(tmp_path_factory: pytest.TempPathFactory):
+    pytest.importorskip("emovox.predict")
+    bundle = make_random_bundle(tmp_path_factory.mktemp("bundle") / "model")
+    with TestClient(create_app(model=str(bundle))) as c:  # loaded by the app's start-up
+        yield c
+
+
+def test_real_recognizer_endpoints(real_client: TestClient) -> None:
+    info = real_client.get("/api/v1/model").json()
+    assert info["labels"] == LABELS and info["backend"] == "torch"
+    assert info["training"] == {"corpora": ["none"]} and info["metrics"]["ua"] == 0.25
+    assert "random weights" in info["card"]
+    wave = np.concatenate([loud_speech(2.0), np.zeros(SR, np.float32), loud_speech(2.0, seed=1)])
+    r = real_client.post(
+        "/api/v1/predict?timeline=true", files={"file": ("clip.flac", wav_bytes(wave, fmt="FLAC"))}
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["emotion"] in LABELS and set(body["probabilities"]) == set(LABELS)
+    assert body["duration"] == pytest.approx(5.0, abs=0.01)
+    assert all(s["emotion"] in LABELS and 0 <= s["start"] < s["end"] <= 5.0 for s in body["segments"])
+    batch = real_client.post(
+        "/api/v1/predict/batch", files=[("files", ("a.wav", wav_bytes(wave))), ("files", ("b.txt", b"text"))]
+    ).json()
+    assert [x["ok"] for x in batch["results"]] == [True, False]
+
+
+def test_real_recognizer_stream_speech_and_silence(real_client: TestClient) -> None:
+    with real_client.websocket_connect("/api/v1/stream") as ws:
+        ws.send_text(json.dumps({"window": 1.0, "hop": 0.5}))
+        ws.receive_json()
+        ws.send_bytes(pcm16(np.zeros(SR, np.float32)))
+        silent = receive_results(ws, 2)
+        assert [m["speech"] for m in silent] == [False, False] and "emotion" not in silent[1]
+        ws.send_bytes(pcm16(loud_speech(1.0)))
+        speech = receive_results(ws, 2)
+        assert speech[-1]["speech"] and speech[-1]["emotion"] in LABELS
+
+
+def test_default_model_serves() -> None:
+    from emovox.bundle import DEFAULT_BUNDLE
+
+    if not (DEFAULT_BUNDLE / "config.json").is_file():
+        pytest.skip(f"the default model is not installed at {DEFAULT_BUNDLE} (the lead commits it)")
+    with TestClient(create_app()) as c:
+        assert c.get("/healthz").json()["model"] == "default"
+        r = c.post("/api/v1/predict", files={"file": ("s.wav", wav_bytes(loud_speech(2.0)))})
+        assert r.status_code == 200 and r.json()["emotion"] in c.get("/api/v1/model").json()["labels"]

@@ -63,8 +63,9 @@ async function loadModel() {
     const info = await res.json();
     labels = info.labels || [];
     if (info.limits) limits = info.limits;
-    $("model-badge").textContent = `model: ${info.model} · ${labels.length} emotions`;
-    $("model-badge").title = labels.join(", ");
+    const name = String(info.model).split(/[\\/]/).filter(Boolean).pop() || info.model;
+    $("model-badge").textContent = `model: ${name} · ${labels.length} emotions`;
+    $("model-badge").title = `${info.model}: ${labels.join(", ")}`;
     $("limits").textContent =
       `WAV, FLAC, Ogg, Opus, MP3, AIFF · up to ${limits.max_upload_mb} MB, ${limits.max_duration_s} s`;
     drawLegend();
@@ -120,7 +121,7 @@ function drawTimeline(segments, duration) {
     if (speech && w > 60) svg.append(svgEl("text", { x: x + 6, y: top + 22, class: "seg" }, seg.emotion));
     const tr = document.createElement("tr");
     const sw = speech ? `<span class="swatch" style="background:${color(seg.emotion)}"></span>` : "";
-    tr.innerHTML = `<td>${secs(seg.start)}</td><td>${secs(seg.end)}</td><td>${sw}${speech ? seg.emotion : "silence"}</td><td>${speech ? pct(seg.confidence) : "–"}</td>`;
+    tr.innerHTML = `<td>${secs(seg.start)}</td><td>${secs(seg.end)}</td><td class="cap">${sw}${speech ? seg.emotion : "silence"}</td><td>${speech ? pct(seg.confidence) : "–"}</td>`;
     body.append(tr);
   }
   const ticks = Math.min(10, Math.max(2, Math.floor(total)));
