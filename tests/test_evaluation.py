@@ -269,3 +269,59 @@ def test_write_report_cross_validation(corpus_utts: list[Utterance], tmp_path: P
     assert "1.000 ± 0.000" in text and "validation speakers" in text
     assert all(p.is_file() for p in _image_links(report))
     assert len([p for p in _image_links(report) if p.name.startswith("history_fold_")]) == 6
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+@pytest.fixture(scope="module")
+def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An (untrained) mlp bundle over the three synthetic emotions, trained-on speaker spk0 recorded."""
+    from emovox.bundle import save_bundle
+    from emovox.features import FeatureConfig
+    from emovox.models import EmotionNet
+
+    net = EmotionNet(FeatureConfig(sets=("logmel",)), "mlp", {}, list(PITCH))
+    card = {"data": "synthetic tones", "protocol": "none", "licence": "CC0-1.0"}
+    path = tmp_path_factory.mktemp("bundle") / "model"
+    return save_bundle(net, path, metrics={}, card=card, training={"speakers": ["folder:spk0"]})
+
+
+def test_cli_evaluate_writes_run_dir(tiny_bundle: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from emovox.cli import app
+
+    data = make_corpus(tmp_path / "data", speakers=3, per_emotion=1)
+    out = tmp_path / "run"
+    result = CliRunner().invoke(
+        app, ["evaluate", "--model", str(tiny_bundle.parent), str(data), "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "UA" in result.output and "macro-F1" in result.output
+    assert "were in the model's training data" in result.output  # spk0 was a training speaker
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n"] == 9 and metrics["leaked_speakers"] == ["folder:spk0"]
+    assert "speakers leak: not a valid result" in (out / "report.md").read_text()
+    assert all(p.is_file() for p in _image_links(out / "report.md"))
+
+    held_out = CliRunner().invoke(
+        app, ["evaluate", "-m", str(tiny_bundle), str(data), "-s", "spk1,spk2", "-o", str(tmp_path / "r2")]
+    )
+    assert held_out.exit_code == 0, held_out.output
+    assert json.loads((tmp_path / "r2" / "metrics.json").read_text())["speaker_leak"] is False
+
+
+def test_cli_evaluate_errors_are_one_line(tiny_bundle: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from emovox.cli import app
+
+    runner = CliRunner()
+    missing = runner.invoke(app, ["evaluate", "-m", str(tmp_path / "nope"), str(tmp_path)])
+    assert missing.exit_code == 2 and "nope" in missing.output and "Traceback" not in missing.output
+    data = tmp_path / "data"
+    (data / "sad").mkdir(parents=True)
+    sf.write(data / "sad" / "a.wav", synth_speech(0.5, SR), SR)
+    unknown = runner.invoke(app, ["evaluate", "-m", str(tiny_bundle), str(data), "-o", str(tmp_path / "r")])
+    assert unknown.exit_code == 2 and "sad" in unknown.output

@@ -175,6 +175,100 @@ def data_fetch(
 # --------------------------------------------------------------------------- train / evaluate / cv
 # (owned by emovox.training / emovox.evaluation)
 
+# evaluate / cv: emovox.evaluation
+
+
+def _run_dir(out: Path | None, name: str) -> Path:
+    """``out`` if given, else ``runs/<name>-<YYYYmmdd-HHMMSS>/`` (the run-directory contract)."""
+    from datetime import datetime
+
+    path = out if out is not None else Path("runs") / f"{name}-{datetime.now():%Y%m%d-%H%M%S}"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _scores_table(title: str, metrics: dict[str, Any]) -> Any:
+    """Rich table: WA/UA/macro-F1, then per-emotion precision/recall/F1/support."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    for column in ("emotion", "precision", "recall", "F1", "support"):
+        table.add_column(column, justify="left" if column == "emotion" else "right")
+    for label, c in metrics["per_class"].items():
+        if c["support"]:
+            scores = (f"{c[k]:.3f}" for k in ("precision", "recall", "f1"))
+            table.add_row(label, *scores, str(c["support"]))
+    table.add_section()
+    table.add_row("[bold]WA[/]", "", f"[bold]{metrics['wa']:.3f}[/]", "", str(metrics["n"]))
+    table.add_row("[bold]UA[/]", "", f"[bold]{metrics['ua']:.3f}[/]", "", "")
+    table.add_row("[bold]macro-F1[/]", "", "", f"[bold]{metrics['macro_f1']:.3f}[/]", "")
+    return table
+
+
+def _speaker_list(values: list[str] | None) -> list[str]:
+    """``--speakers 01,02 --speakers 03`` -> ["01", "02", "03"]."""
+    return [s.strip() for v in values or [] for s in v.split(",") if s.strip()]
+
+
+@app.command("evaluate")
+def evaluate(
+    data_path: Annotated[
+        Path, typer.Argument(help="Test corpus folder or CSV manifest.", show_default=False)
+    ],
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="Bundle folder, run folder (uses its model/) or 'default'.")
+    ] = "default",
+    corpus: Annotated[
+        str | None, typer.Option("--corpus", "-c", help="Corpus layout (default: detect).")
+    ] = None,
+    speakers: Annotated[
+        list[str] | None,
+        typer.Option("--speakers", "-s", help="Test only these speakers (repeat or comma-separate: 01,02)."),
+    ] = None,
+    shared_emotions: Annotated[
+        bool,
+        typer.Option(
+            "--shared-emotions",
+            help="Cross-corpus: score only the emotions both the model and the data know.",
+        ),
+    ] = False,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Run folder (default runs/eval-<time>/).")
+    ] = None,
+    device: Annotated[str, typer.Option("--device", help="torch device: cpu, cuda, cuda:1, mps.")] = "cpu",
+) -> None:
+    """Evaluate a saved model on a labelled test set: metrics.json, report.md, plots, predictions.csv."""
+    from emovox.bundle import read_meta
+    from emovox.corpora import load_corpus
+    from emovox.evaluation import evaluate_bundle, resolve_model_path, write_report
+    from emovox.splits import holdout_speakers
+
+    try:
+        read_meta(resolve_model_path(model))  # a bad --model fails before the corpus is scanned
+        utts = load_corpus(data_path, corpus).utterances
+        chosen = _speaker_list(speakers)
+        if chosen:
+            utts = [utts[i] for i in holdout_speakers(utts, chosen).test]
+        metrics = evaluate_bundle(model, utts, shared_only=shared_emotions, device=device)
+        run_dir = _run_dir(out, "eval")
+        title = f"Evaluation of {metrics['model']['path']} on {data_path}"
+        report = write_report(run_dir, metrics, title=title, data_utts=utts)
+    except EmovoxError as exc:
+        raise fail(str(exc)) from None
+    if metrics["shared_emotions"]:
+        shared = ", ".join(metrics["shared_emotions"])
+        console.print(f"cross-corpus: scored on the shared emotions only ({shared})")
+    if metrics["speaker_leak"]:
+        err_console.print(
+            f"[bold yellow]warning:[/] test speaker(s) {', '.join(metrics['leaked_speakers'])} were in the "
+            "model's training data; this score is not speaker-independent"
+        )
+    if metrics["skipped"]:
+        err_console.print(f"[yellow]{len(metrics['skipped'])} file(s) skipped (see {report})[/]")
+    console.print(_scores_table(f"{Path(str(metrics['model']['path'])).name} on {data_path}", metrics))
+    console.print(f"report: {report}", highlight=False)
+
+
 # --------------------------------------------------------------------------- predict / export
 # (owned by emovox.predict / emovox.bundle / emovox.export)
 

@@ -134,12 +134,14 @@ def load_waves(
     utts: Sequence[Utterance],
     *,
     trim: bool = False,
+    min_duration: float = 0.0,
     progress: bool = True,
     description: str = "loading audio",
 ) -> tuple[dict[Path, np.ndarray], list[tuple[Path, str]]]:
     """Decode every utterance once (16 kHz mono): ``({path: wave}, [(path, reason) skipped])``.
 
-    A file that cannot be used (unreadable, silent, ...) is skipped with its reason rather than
+    ``trim`` / ``min_duration`` are the preprocessing the model is trained or was trained with. A
+    file that cannot be used (unreadable, silent, too short) is skipped with its reason rather than
     ending a long evaluation; callers report the skipped list.
     """
     waves: dict[Path, np.ndarray] = {}
@@ -149,7 +151,7 @@ def load_waves(
         task = bar.add_task(description, total=len(paths), visible=progress)
         for path in paths:
             try:
-                waves[path] = load_audio(path, trim=trim)
+                waves[path] = load_audio(path, trim=trim, min_duration=min_duration)
             except AudioError as exc:
                 skipped.append((Path(path), str(exc)))
             bar.advance(task)
@@ -172,17 +174,18 @@ def evaluate_model(
     *,
     shared_only: bool = False,
     trim: bool = False,
+    min_duration: float = 0.0,
     batch_size: int = 64,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Score ``clf`` on ``utts``: :func:`compute_metrics` plus per-utterance predictions.
 
     ``waves`` maps ``Utterance.path`` to an already-loaded waveform; missing ones are loaded with
-    ``trim`` (pass the trimming the model was trained with). A test emotion the model does not know
-    raises :class:`CorpusError` naming it, unless ``shared_only`` (cross-corpus): then only
-    utterances of emotions both sides know are scored, and the model's decision is restricted to
-    those emotions (argmax over the shared columns, renormalised), which the result records under
-    ``shared_emotions`` / ``dropped`` so the report can say so.
+    ``trim`` / ``min_duration`` (pass the preprocessing the model was trained with). A test
+    emotion the model does not know raises :class:`CorpusError` naming it, unless ``shared_only``
+    (cross-corpus): then only utterances of emotions both sides know are scored, and the model's
+    decision is restricted to those emotions (argmax over the shared columns, renormalised), which
+    the result records under ``shared_emotions`` / ``dropped`` so the report can say so.
 
     Returns the metrics dict with extra keys ``predictions`` (``[{path, speaker, true, pred,
     confidence}]``), ``model_labels``, ``shared_emotions`` (None unless restricted), ``dropped``
@@ -220,7 +223,7 @@ def evaluate_model(
     loaded: Mapping[Path, np.ndarray] = waves if waves is not None else {}
     missing = [u for u in utts if u.path not in loaded]
     if missing:
-        extra, skipped = load_waves(missing, trim=trim, progress=progress)
+        extra, skipped = load_waves(missing, trim=trim, min_duration=min_duration, progress=progress)
         loaded = {**loaded, **extra}
     utts = [u for u in utts if u.path in loaded]
     if not utts:
@@ -262,6 +265,63 @@ def evaluate_model(
         }
         for i, (u, t, p) in enumerate(zip(utts, y_true, y_pred, strict=True))
     ]
+    return metrics
+
+
+def resolve_model_path(model: str | Path) -> str | Path:
+    """A bundle folder, a run folder (its ``model/`` bundle) or ``"default"``, for ``load_bundle``."""
+    from emovox.bundle import CONFIG_FILE
+
+    if str(model) == "default":
+        return "default"
+    path = Path(model)
+    if not (path / CONFIG_FILE).is_file() and (path / "model" / CONFIG_FILE).is_file():
+        return path / "model"
+    return path
+
+
+def _training_speakers(meta: Mapping[str, Any]) -> set[str] | None:
+    """The speakers a bundle was trained on, when its ``training`` summary records them."""
+    speakers = (meta.get("training") or {}).get("speakers")
+    if isinstance(speakers, Mapping):
+        return {str(s) for s in speakers}
+    if isinstance(speakers, list):
+        return {str(s) for s in speakers}
+    return None
+
+
+def evaluate_bundle(
+    model: str | Path,
+    utts: Sequence[Utterance],
+    *,
+    shared_only: bool = False,
+    device: str = "cpu",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Evaluate a saved model (bundle folder, run folder or ``"default"``) on ``utts``.
+
+    Audio is loaded with the bundle's recorded preprocessing (silence trimming, minimum duration),
+    exactly as in training. When the bundle records its training speakers, any test speaker among
+    them is listed under ``leaked_speakers`` and the result is flagged ``speaker_leak``, because
+    such a score is not speaker-independent.
+    """
+    from emovox.predict import Recognizer
+
+    rec = Recognizer.load(resolve_model_path(model), device=device)
+    metrics = evaluate_model(
+        rec, utts, shared_only=shared_only, trim=rec.trim, min_duration=rec.min_duration, progress=progress
+    )
+    trained_on = _training_speakers(rec.meta)
+    leaked = sorted(set(metrics["per_speaker"]) & trained_on) if trained_on is not None else []
+    metrics["model"] = {
+        "path": rec.meta["path"],
+        "family": rec.meta["model"].get("family"),
+        "labels": rec.labels,
+        "preprocessing": rec.meta["preprocessing"],
+        "training_speakers": sorted(trained_on) if trained_on is not None else None,
+    }
+    metrics["leaked_speakers"] = leaked
+    metrics["speaker_leak"] = bool(leaked)
     return metrics
 
 
@@ -560,7 +620,28 @@ def write_report(
             ],
         )
     else:
-        lines += [f"Held-out test speakers: {', '.join(headline['per_speaker']) or 'unknown'}.", ""]
+        lines += [f"Test speakers: {', '.join(headline['per_speaker']) or 'unknown'}.", ""]
+        model = metrics.get("model")
+        if model:
+            lines += [
+                f"Model: `{model['path']}` ({model.get('family') or 'unknown family'}), "
+                f"labels {', '.join(model['labels'])}.",
+                "",
+            ]
+            if model.get("training_speakers") is None:
+                lines += [
+                    "The bundle does not record its training speakers, so speaker independence "
+                    "could not be checked: make sure none of the test speakers was used in training.",
+                    "",
+                ]
+            elif metrics.get("leaked_speakers"):
+                lines += [
+                    f"Test speakers also in the model's training data: "
+                    f"**{', '.join(metrics['leaked_speakers'])}**.",
+                    "",
+                ]
+            else:
+                lines += ["None of the test speakers is among the model's training speakers.", ""]
     shared = headline.get("shared_emotions") or (
         metrics["folds"][0]["metrics"].get("shared_emotions") if is_cv else None
     )

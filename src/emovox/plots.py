@@ -9,6 +9,7 @@ its ``metrics.json``.
 from __future__ import annotations
 
 import csv
+import functools
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -214,14 +215,40 @@ def _one_per_emotion(utts: Sequence[Utterance], waves: Mapping[Path, np.ndarray]
     return list(chosen.values())
 
 
-def _logmel_and_mfcc(wave: np.ndarray, sr: int) -> tuple[np.ndarray, np.ndarray]:
-    """Log-mel spectrogram (64 bands, dB) and 20 MFCCs with 25 ms windows and 10 ms hops."""
-    import librosa
+_FRAME_SETS = ("logmel", "mfcc", "rms", "f0")
 
-    mel = librosa.feature.melspectrogram(y=wave, sr=sr, n_fft=512, win_length=400, hop_length=160, n_mels=64)
-    logmel = librosa.power_to_db(mel, ref=np.max, top_db=80.0)
-    mfcc = librosa.feature.mfcc(S=librosa.power_to_db(mel), n_mfcc=20)
-    return logmel, mfcc
+
+@functools.lru_cache(maxsize=1)
+def _extractor() -> Any:
+    """The emovox front end with default parameters (what the models see), built once."""
+    from emovox.features import FeatureConfig, FeatureExtractor
+
+    return FeatureExtractor(FeatureConfig(sets=_FRAME_SETS, deltas=False)).eval()
+
+
+def frame_features(wave: np.ndarray) -> dict[str, np.ndarray]:
+    """Frame features of one clip by name: ``logmel`` [64, F] (dB), ``mfcc`` [40, F], ``rms`` [F],
+    ``f0`` [F] (Hz) and ``voicing`` [F] (0..1), from :class:`emovox.features.FeatureExtractor`."""
+    import torch
+
+    extractor = _extractor()
+    cfg = extractor.cfg
+    with torch.no_grad():
+        feats, frames = extractor(
+            torch.from_numpy(wave[None, :].astype(np.float32)), torch.tensor([wave.size])
+        )
+    x = feats[0, :, : int(frames[0])].numpy()
+    blocks: dict[str, np.ndarray] = {}
+    start = 0
+    for name in _FRAME_SETS:
+        width = cfg.channels_of(name)
+        blocks[name] = x[start : start + width]
+        start += width
+    f0_block = blocks.pop("f0")
+    blocks["f0"] = cfg.f0_min * np.exp2(f0_block[0])
+    blocks["voicing"] = f0_block[1]
+    blocks["rms"] = blocks["rms"][0]
+    return blocks
 
 
 def plot_examples(
@@ -231,7 +258,7 @@ def plot_examples(
     examples = _one_per_emotion(utts, waves)
     if not examples:
         raise ValueError("no utterance with loaded audio to plot")
-    hop = 160  # FeatureConfig default: 10 ms frames
+    hop = _extractor().cfg.hop_length
     fig, axes = plt.subplots(len(examples), 3, figsize=(14, 2.1 * len(examples) + 0.6), squeeze=False)
     for row, u in zip(axes, examples, strict=True):
         wave = waves[u.path]
@@ -239,7 +266,8 @@ def plot_examples(
         row[0].plot(t, wave, linewidth=0.4, color="#4c72b0")
         row[0].set_xlim(0, t[-1] if t.size else 1)
         row[0].set_ylabel(u.emotion, fontsize=11, fontweight="bold")
-        logmel, mfcc = _logmel_and_mfcc(wave, sr)
+        feats = frame_features(wave)
+        logmel, mfcc = feats["logmel"], feats["mfcc"]
         extent = (0, logmel.shape[1] * hop / sr)
         row[1].imshow(
             logmel, origin="lower", aspect="auto", cmap="magma", extent=(*extent, 0, logmel.shape[0])
@@ -263,23 +291,18 @@ def plot_examples(
 def utterance_descriptors(wave: np.ndarray, sr: int = SAMPLE_RATE) -> dict[str, float]:
     """Interpretable per-utterance descriptors: mean F0 of voiced frames, mean energy, MFCC1, duration.
 
-    F0 comes from librosa's YIN restricted to frames whose energy is within 30 dB of the loudest
-    frame (so silence does not drag the mean); energy is the mean frame RMS in dB.
+    F0 is the YIN track of :func:`frame_features` over frames with voicing above 0.5 and energy
+    within 30 dB of the loudest frame (so silence and noise do not drag the mean); energy is the
+    mean frame RMS in dB over the frames within 30 dB of the loudest.
     """
-    import librosa
-
-    frame, hop = 1024, 160
-    padded = np.pad(wave, (0, max(0, frame - wave.size)))
-    rms = librosa.feature.rms(y=padded, frame_length=frame, hop_length=hop)[0]
-    rms_db = 20 * np.log10(rms + 1e-8)
-    f0 = librosa.yin(padded, fmin=65.0, fmax=500.0, sr=sr, frame_length=frame, hop_length=hop)
-    n = min(f0.size, rms_db.size)
-    voiced = rms_db[:n] > rms_db.max() - 30
-    mfcc = librosa.feature.mfcc(y=padded, sr=sr, n_mfcc=13, n_fft=512, hop_length=hop)
+    feats = frame_features(wave)
+    rms_db = 20 * np.log10(feats["rms"] + 1e-8)
+    loud = rms_db > rms_db.max() - 30
+    voiced = loud & (feats["voicing"] > 0.5)
     return {
-        "mean F0 (Hz)": float(np.mean(f0[:n][voiced])) if voiced.any() else float("nan"),
-        "energy (dB RMS)": float(np.mean(rms_db[voiced])) if voiced.any() else float(np.mean(rms_db)),
-        "MFCC 1 (mean)": float(np.mean(mfcc[1])),
+        "mean F0 (Hz)": float(np.mean(feats["f0"][voiced])) if voiced.any() else float("nan"),
+        "energy (dB RMS)": float(np.mean(rms_db[loud])),
+        "MFCC 1 (mean)": float(np.mean(feats["mfcc"][1])),
         "duration (s)": wave.size / sr,
     }
 
