@@ -1,0 +1,467 @@
+"""Model families and the end-to-end :class:`EmotionNet` (waveform -> logits).
+
+Every backbone maps ``(x [B, C, F], lengths [B]) -> logits [B, K]`` (``mlp`` takes pooled statistics
+``[B, D]`` instead) and masks padded frames at every stage, so an utterance gets exactly the same
+prediction alone or zero-padded inside a batch. Nothing uses ``pack_padded_sequence``: recurrent
+layers run the backward direction over a per-item reversed sequence (a gather), which keeps the
+graph a plain tensor program that ``torch.onnx.export`` turns into ONNX with dynamic batch and time.
+
+Families (``MODELS``):
+
+* ``mlp``   - dense + ReLU + dropout over utterance statistics (``pool_stats`` of the frame features);
+* ``cnn1d`` - 1-D convolutions over time with the feature channels as input channels (MFCC + deltas);
+* ``cnn2d`` - 2-D convolutions over the [C, F] feature map as an image (log-mel);
+* ``crnn``  - 2-D conv front end -> bidirectional LSTM or GRU -> attention pooling;
+* ``lstm``  - stacked (bi)LSTM over frames -> attention or mean pooling.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from emovox.errors import ConfigError
+from emovox.features import FeatureConfig, FeatureExtractor, pool_stats
+
+# --------------------------------------------------------------------------- masking helpers
+
+
+def frame_mask(lengths: Tensor, frames: int) -> Tensor:
+    """Boolean mask [B, F]: True for the first ``lengths[b]`` frames of item ``b``."""
+    return torch.arange(frames, device=lengths.device)[None, :] < lengths[:, None]
+
+
+def _pooled_lengths(lengths: Tensor) -> Tensor:
+    """Frame count after :func:`_halve` (ceil of half, so it never reaches 0)."""
+    return torch.div(lengths + 1, 2, rounding_mode="floor")
+
+
+def masked_mean(h: Tensor, lengths: Tensor) -> Tensor:
+    """Mean of ``h [B, F, D]`` over each item's valid frames -> [B, D]."""
+    mask = frame_mask(lengths, h.shape[1]).unsqueeze(-1).to(h.dtype)
+    return (h * mask).sum(1) / lengths.clamp(min=1).unsqueeze(-1).to(h.dtype)
+
+
+def _halve(x: Tensor, dims: int) -> Tensor:
+    """Max-pool by 2 over the last ``dims`` axes, rounding the size up (a ceil-mode pool).
+
+    Pads one zero at the end instead of using ``ceil_mode`` (which makes torch.export specialise
+    the time axis). Inputs are post-ReLU (>= 0) with padding zeroed, so the extra zero never wins.
+    """
+    if dims == 1:  # as a 2-D pool: max_pool1d also makes torch.export specialise the time axis
+        return nn.functional.max_pool2d(nn.functional.pad(x, (0, 1)).unsqueeze(2), (1, 2)).squeeze(2)
+    return nn.functional.max_pool2d(nn.functional.pad(x, (0, 1, 0, 1)), 2)
+
+
+class AttentionPool(nn.Module):
+    """Additive attention over valid time steps: ``h [B, F, D] -> [B, D]``; padded steps get weight 0."""
+
+    def __init__(self, dim: int, hidden: int = 64) -> None:
+        super().__init__()
+        self.score = nn.Sequential(nn.Linear(dim, hidden), nn.Tanh(), nn.Linear(hidden, 1))
+
+    def forward(self, h: Tensor, lengths: Tensor) -> Tensor:
+        scores = self.score(h).squeeze(-1)
+        mask = frame_mask(lengths, h.shape[1])
+        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+        weights = torch.softmax(scores, dim=1).unsqueeze(-1)
+        return (weights * h).sum(1)
+
+
+def _pool(kind: str, dim: int) -> nn.Module | None:
+    if kind == "attention":
+        return AttentionPool(dim)
+    if kind == "mean":
+        return None
+    raise ConfigError(f"model.params.pooling: expected 'attention' or 'mean', got {kind!r}")
+
+
+class _Head(nn.Module):
+    """Dropout + linear classifier."""
+
+    def __init__(self, dim: int, n_classes: int, dropout: float) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Dropout(dropout), nn.Linear(dim, n_classes))
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.net(z)
+
+
+class MaskedRNN(nn.Module):
+    """Stacked (bi)directional LSTM/GRU that ignores padding without packed sequences.
+
+    The backward direction reads each item's valid frames reversed (padding stays at the end), so
+    padded frames never reach a valid output. Works on ``x [B, F, D]`` -> ``[B, F, H * dirs]``.
+    """
+
+    def __init__(
+        self, input_size: int, hidden: int, layers: int, *, cell: str, bidirectional: bool, dropout: float
+    ) -> None:
+        super().__init__()
+        rnn_cls: type[nn.RNNBase]
+        if cell == "lstm":
+            rnn_cls = nn.LSTM
+        elif cell == "gru":
+            rnn_cls = nn.GRU
+        else:
+            raise ConfigError(f"model.params.rnn: expected 'lstm' or 'gru', got {cell!r}")
+        self.bidirectional = bidirectional
+        dirs = 2 if bidirectional else 1
+        self.forward_layers = nn.ModuleList()
+        self.backward_layers = nn.ModuleList()
+        for i in range(layers):
+            size = input_size if i == 0 else hidden * dirs
+            self.forward_layers.append(rnn_cls(size, hidden, batch_first=True))
+            if bidirectional:
+                self.backward_layers.append(rnn_cls(size, hidden, batch_first=True))
+        self.dropout = nn.Dropout(dropout)
+        self.output_size = hidden * dirs
+
+    @staticmethod
+    def _reverse_index(lengths: Tensor, frames: int) -> Tensor:
+        """Index [B, F] that reverses the valid part of each item and leaves padding in place."""
+        t = torch.arange(frames, device=lengths.device)[None, :]
+        rev = lengths[:, None] - 1 - t
+        return torch.where(rev >= 0, rev, t)
+
+    def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
+        mask = frame_mask(lengths, x.shape[1]).unsqueeze(-1).to(x.dtype)
+        idx = None
+        if self.bidirectional:
+            idx = self._reverse_index(lengths, x.shape[1]).unsqueeze(-1)
+        h = x
+        for i, fwd in enumerate(self.forward_layers):
+            if i > 0:
+                h = self.dropout(h)
+            out = fwd(h)[0]
+            if idx is not None:
+                gather = idx.expand(-1, -1, h.shape[2])
+                rev_in = torch.gather(h, 1, gather)
+                rev_out = self.backward_layers[i](rev_in)[0]
+                rev_out = torch.gather(rev_out, 1, idx.expand(-1, -1, rev_out.shape[2]))
+                out = torch.cat([out, rev_out], dim=-1)
+            h = out * mask
+        return h
+
+
+# --------------------------------------------------------------------------- backbones
+
+
+class MLP(nn.Module):
+    """Dense + ReLU + dropout layers over a pooled utterance vector ``[B, D]`` (``lengths`` unused)."""
+
+    def __init__(
+        self, in_channels: int, n_classes: int, *, hidden: Sequence[int] = (256, 128), dropout: float = 0.3
+    ) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        size = in_channels
+        for width in hidden:
+            layers += [nn.Linear(size, int(width)), nn.LayerNorm(int(width)), nn.ReLU(), nn.Dropout(dropout)]
+            size = int(width)
+        layers.append(nn.Linear(size, n_classes))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
+        return self.net(x)
+
+
+class _ConvBlock1d(nn.Module):
+    def __init__(self, cin: int, cout: int, kernel: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(cin, cout, kernel, padding=kernel // 2, bias=False)
+        self.norm = nn.BatchNorm1d(cout)
+
+    def forward(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        # zero padding before the conv == the conv's own zero padding of an item alone
+        x = x * frame_mask(lengths, x.shape[-1]).unsqueeze(1).to(x.dtype)
+        x = torch.relu(self.norm(self.conv(x)))
+        # after ReLU every value is >= 0, so zeroed padding never wins the max of a window
+        x = x * frame_mask(lengths, x.shape[-1]).unsqueeze(1).to(x.dtype)
+        return _halve(x, 1), _pooled_lengths(lengths)
+
+
+class CNN1D(nn.Module):
+    """1-D conv blocks (conv, batch norm, ReLU, max-pool 2) over time, then attention/mean pooling."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        n_classes: int,
+        *,
+        channels: Sequence[int] = (64, 128, 128),
+        kernel: int = 5,
+        dropout: float = 0.3,
+        pooling: str = "attention",
+    ) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList()
+        size = in_channels
+        for width in channels:
+            self.blocks.append(_ConvBlock1d(size, int(width), kernel))
+            size = int(width)
+        self.pool = _pool(pooling, size)
+        self.head = _Head(size, n_classes, dropout)
+
+    def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
+        for block in self.blocks:
+            x, lengths = block(x, lengths)
+        h = x.transpose(1, 2)
+        z = self.pool(h, lengths) if self.pool is not None else masked_mean(h, lengths)
+        return self.head(z)
+
+
+class _ConvBlock2d(nn.Module):
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, 3, padding=1, bias=False)
+        self.norm = nn.BatchNorm2d(cout)
+
+    def forward(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        x = x * frame_mask(lengths, x.shape[-1])[:, None, None, :].to(x.dtype)
+        x = torch.relu(self.norm(self.conv(x)))
+        x = x * frame_mask(lengths, x.shape[-1])[:, None, None, :].to(x.dtype)
+        return _halve(x, 2), _pooled_lengths(lengths)
+
+
+class _ConvFrontEnd2d(nn.Module):
+    """2-D conv blocks over ``[B, C, F]`` as a one-channel image -> ``([B, F', D], lengths')``."""
+
+    def __init__(self, in_channels: int, channels: Sequence[int]) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList()
+        size = 1
+        height = in_channels
+        for width in channels:
+            self.blocks.append(_ConvBlock2d(size, int(width)))
+            size = int(width)
+            height = (height + 1) // 2
+        self.channels = size
+        self.height = height
+
+    def forward(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        h = x.unsqueeze(1)
+        for block in self.blocks:
+            h, lengths = block(h, lengths)
+        return h, lengths
+
+
+class CNN2D(nn.Module):
+    """2-D conv blocks over the feature map, mean over frequency, attention/mean pooling over time."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        n_classes: int,
+        *,
+        channels: Sequence[int] = (32, 64, 128, 128),
+        dropout: float = 0.3,
+        pooling: str = "attention",
+    ) -> None:
+        super().__init__()
+        self.front = _ConvFrontEnd2d(in_channels, channels)
+        self.pool = _pool(pooling, self.front.channels)
+        self.head = _Head(self.front.channels, n_classes, dropout)
+
+    def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
+        h, lengths = self.front(x, lengths)
+        h = h.mean(dim=2).transpose(1, 2)  # [B, F', D]
+        z = self.pool(h, lengths) if self.pool is not None else masked_mean(h, lengths)
+        return self.head(z)
+
+
+class CRNN(nn.Module):
+    """2-D conv front end -> bidirectional LSTM/GRU over time -> attention pooling over valid steps."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        n_classes: int,
+        *,
+        channels: Sequence[int] = (32, 64),
+        rnn: str = "lstm",
+        hidden: int = 128,
+        layers: int = 1,
+        bidirectional: bool = True,
+        dropout: float = 0.3,
+        pooling: str = "attention",
+    ) -> None:
+        super().__init__()
+        self.front = _ConvFrontEnd2d(in_channels, channels)
+        self.rnn = MaskedRNN(
+            self.front.channels * self.front.height,
+            hidden,
+            layers,
+            cell=rnn,
+            bidirectional=bidirectional,
+            dropout=dropout,
+        )
+        self.pool = _pool(pooling, self.rnn.output_size)
+        self.head = _Head(self.rnn.output_size, n_classes, dropout)
+
+    def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
+        h, lengths = self.front(x, lengths)
+        h = h.flatten(1, 2).transpose(1, 2)  # [B, F', D * C']
+        h = self.rnn(h, lengths)
+        z = self.pool(h, lengths) if self.pool is not None else masked_mean(h, lengths)
+        return self.head(z)
+
+
+class LSTMNet(nn.Module):
+    """Linear input projection -> stacked (bi)LSTM over frames -> attention/mean pooling."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        n_classes: int,
+        *,
+        hidden: int = 128,
+        layers: int = 2,
+        bidirectional: bool = True,
+        dropout: float = 0.3,
+        pooling: str = "attention",
+    ) -> None:
+        super().__init__()
+        self.proj = nn.Sequential(nn.Linear(in_channels, hidden), nn.ReLU())
+        self.rnn = MaskedRNN(
+            hidden, hidden, layers, cell="lstm", bidirectional=bidirectional, dropout=dropout
+        )
+        self.pool = _pool(pooling, self.rnn.output_size)
+        self.head = _Head(self.rnn.output_size, n_classes, dropout)
+
+    def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
+        h = self.rnn(self.proj(x.transpose(1, 2)), lengths)
+        z = self.pool(h, lengths) if self.pool is not None else masked_mean(h, lengths)
+        return self.head(z)
+
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "mlp": MLP,
+    "cnn1d": CNN1D,
+    "cnn2d": CNN2D,
+    "crnn": CRNN,
+    "lstm": LSTMNet,
+}
+
+
+def build_backbone(family: str, in_channels: int, n_classes: int, **params: Any) -> nn.Module:
+    """Instantiate a registered backbone; unknown family or parameter raises :class:`ConfigError`."""
+    if family not in MODELS:
+        raise ConfigError(f"model.family: unknown model family {family!r} (choose from {', '.join(MODELS)})")
+    cls = MODELS[family]
+    allowed = [
+        name
+        for name, p in inspect.signature(cls).parameters.items()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY
+    ]
+    unknown = sorted(set(params) - set(allowed))
+    if unknown:
+        raise ConfigError(
+            f"model.params: unknown parameter(s) {', '.join(unknown)} for family {family!r} "
+            f"(allowed: {', '.join(allowed)})"
+        )
+    try:
+        return cls(in_channels, n_classes, **params)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"model.params: invalid value for family {family!r}: {exc}") from None
+
+
+# --------------------------------------------------------------------------- end-to-end network
+
+
+class EmotionNet(nn.Module):
+    """Waveform -> logits: :class:`FeatureExtractor`, per-channel normaliser, backbone.
+
+    The normaliser's ``mean``/``std`` are persistent buffers (so they travel in the safetensors
+    bundle) sized to the backbone input: feature channels for frame models, the pooled statistics
+    vector for ``mlp``. :meth:`set_normalization` sets them from training features.
+    """
+
+    def __init__(
+        self,
+        feature_cfg: FeatureConfig,
+        family: str,
+        params: dict[str, Any] | None,
+        labels: Sequence[str],
+    ) -> None:
+        super().__init__()
+        if len(labels) < 2:
+            raise ConfigError(f"need at least two emotion labels to train a classifier, got {list(labels)}")
+        self.feature_cfg = feature_cfg
+        self.family = family
+        self.params = dict(params or {})
+        self.labels = list(labels)
+        self.extractor = FeatureExtractor(feature_cfg)
+        channels = self.extractor.num_channels
+        self.pooled = family == "mlp"
+        dim = channels * len(feature_cfg.stats) if self.pooled else channels
+        self.input_dim = dim
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("std", torch.ones(dim))
+        self.backbone = build_backbone(family, dim, len(self.labels), **self.params)
+
+    def set_normalization(self, mean: Tensor, std: Tensor) -> None:
+        """Set the normaliser from training statistics (std is floored to avoid division by ~0)."""
+        mean = torch.as_tensor(mean, dtype=torch.float32).reshape(-1)
+        std = torch.as_tensor(std, dtype=torch.float32).reshape(-1)
+        if mean.numel() != self.input_dim or std.numel() != self.input_dim:
+            raise ValueError(f"normalisation stats must have {self.input_dim} values, got {mean.numel()}")
+        self.mean.copy_(mean)
+        self.std.copy_(std.clamp(min=1e-5))
+
+    def raw_inputs(self, wave: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """Backbone inputs before normalisation: frame features ``[B, C, F]`` or pooled ``[B, D]``."""
+        feats, frames = self.extractor(wave, lengths)
+        if self.pooled:
+            return pool_stats(feats, frames, self.feature_cfg.stats), frames
+        return feats, frames
+
+    def normalize(self, x: Tensor, frames: Tensor) -> Tensor:
+        """Apply the normaliser; frame features get padded frames zeroed."""
+        if self.pooled:
+            return (x - self.mean) / self.std
+        x = (x - self.mean[:, None]) / self.std[:, None]
+        return x * frame_mask(frames, x.shape[-1]).unsqueeze(1).to(x.dtype)
+
+    def inputs(self, wave: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """Normalised backbone inputs and frame lengths."""
+        x, frames = self.raw_inputs(wave, lengths)
+        return self.normalize(x, frames), frames
+
+    def forward(self, wave: Tensor, lengths: Tensor) -> Tensor:
+        x, frames = self.inputs(wave, lengths)
+        return self.backbone(x, frames)
+
+    def config(self) -> dict[str, Any]:
+        """JSON-able description that :meth:`from_config` rebuilds the (untrained) network from."""
+        return {
+            "features": self.feature_cfg.to_dict(),
+            "family": self.family,
+            "params": _jsonable(self.params),
+            "labels": list(self.labels),
+        }
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> EmotionNet:
+        """Rebuild a network from :meth:`config` output (weights are loaded separately)."""
+        try:
+            return cls(
+                FeatureConfig.from_dict(config["features"]),
+                config["family"],
+                config.get("params", {}),
+                config["labels"],
+            )
+        except KeyError as exc:
+            raise ConfigError(f"model config is missing the key {exc.args[0]!r}") from None
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
