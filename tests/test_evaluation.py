@@ -325,3 +325,24 @@ def test_cli_evaluate_errors_are_one_line(tiny_bundle: Path, tmp_path: Path) -> 
     sf.write(data / "sad" / "a.wav", synth_speech(0.5, SR), SR)
     unknown = runner.invoke(app, ["evaluate", "-m", str(tiny_bundle), str(data), "-o", str(tmp_path / "r")])
     assert unknown.exit_code == 2 and "sad" in unknown.output
+
+
+def test_cross_validate_single_training_speaker_validates_on_its_clips(tmp_path: Path) -> None:
+    from emovox.splits import holdout_speakers
+
+    utts = load_corpus(make_corpus(tmp_path / "two", speakers=2, per_emotion=5), "folder").utterances
+    seen: list[tuple[set[str], set[str]]] = []
+
+    def fake_fit(
+        cfg: Any, train: list[Utterance], val: list[Utterance], run_dir: Path, *, waves: Any
+    ) -> FakeFit:
+        seen.append(({u.speaker for u in train}, {u.speaker for u in val}))
+        assert not {u.path for u in train} & {u.path for u in val}
+        return FakeFit(PitchClassifier(list(PITCH)), 1.0, [], run_dir)
+
+    splits = [holdout_speakers(utts, ["spk0"]), holdout_speakers(utts, ["spk1"])]
+    res = cross_validate(None, utts, splits, tmp_path / "run", fit=fake_fit, progress=False)
+    assert seen == [({"folder:spk1"}, {"folder:spk1"}), ({"folder:spk0"}, {"folder:spk0"})]
+    assert [f["validation"] for f in res["folds"]] == ["clips of the single training speaker"] * 2
+    assert res["folds"][0]["n_val"] == 3 and res["folds"][0]["test_speakers"] == ["folder:spk0"]
+    assert "single training speaker" in write_report(tmp_path / "run", res, title="tess-like").read_text()

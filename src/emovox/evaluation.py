@@ -335,6 +335,27 @@ def _mean_std(values: Sequence[float]) -> dict[str, Any]:
     return {"mean": float(arr.mean()), "std": std, "values": [float(v) for v in arr]}
 
 
+def _validation_split(
+    utts: Sequence[Utterance], train_idx: np.ndarray, fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray, str]:
+    """Carve validation data from a fold's training side: whole speakers when there are two or more.
+
+    With a single training speaker (e.g. TESS: train on one actress, test on the other) no speaker
+    can be spared, so an emotion-stratified ``fraction`` of that speaker's clips validates instead;
+    the test speakers stay unseen either way. Returns ``(fit_idx, val_idx, description)``.
+    """
+    from sklearn.model_selection import train_test_split
+
+    from emovox.splits import validation_speakers
+
+    if len({utts[i].speaker for i in train_idx}) >= 2:
+        fit_idx, val_idx = validation_speakers(utts, train_idx, fraction=fraction, seed=seed)
+        return fit_idx, val_idx, "speakers"
+    labels = [utts[i].emotion for i in train_idx]
+    fit_idx, val_idx = train_test_split(train_idx, test_size=fraction, random_state=seed, stratify=labels)
+    return np.sort(fit_idx), np.sort(val_idx), "clips of the single training speaker"
+
+
 def cross_validate(
     cfg: Any,
     utts: Sequence[Utterance],
@@ -365,8 +386,6 @@ def cross_validate(
     macro_f1: {mean, std, values}}, "pooled": compute_metrics over all folds' predictions,
     "predictions": [...], "skipped": [...]}``; each fold records its train/val/test speakers.
     """
-    from emovox import splits as splitting
-
     if fit is None:
         from emovox.training import fit as fit_fn
     else:
@@ -393,7 +412,7 @@ def cross_validate(
         test_idx = test_idx[usable[test_idx]]
         if test_idx.size == 0 or train_idx.size == 0:
             raise CorpusError(f"{fold_name} ({split.name}): no usable training or test utterances")
-        fit_idx, val_idx = splitting.validation_speakers(utts, train_idx, fraction=val_fraction, seed=seed)
+        fit_idx, val_idx, validation = _validation_split(utts, train_idx, val_fraction, seed)
         fit_utts = [utts[i] for i in fit_idx]
         val_utts = [utts[i] for i in val_idx]
         test_utts = [utts[i] for i in test_idx]
@@ -424,6 +443,7 @@ def cross_validate(
             "val_speakers": val_speakers,
             "test_speakers": test_speakers,
             "leaked_speakers": leaked,
+            "validation": validation,
             "n_train": len(fit_utts),
             "n_val": len(val_utts),
             "n_test": len(test_utts),
@@ -598,11 +618,21 @@ def write_report(
         lines += [protocol, ""]
     if is_cv:
         p = metrics["protocol"]
+        by_clips = [f["fold"] for f in metrics["folds"] if f.get("validation") != "speakers"]
         lines += [
             f"{p['name']}. In every fold the test speakers are held out entirely; validation speakers "
             f"(fraction {p['val_fraction']:g} of the training speakers, seed {p['seed']}) are carved "
             "from the training speakers for model selection and are never tested on in that fold.",
             "",
+        ]
+        if by_clips:
+            lines += [
+                f"Folds {', '.join(by_clips)} have a single training speaker, so a stratified fraction "
+                f"{p['val_fraction']:g} of that speaker's clips validates instead (the test speaker "
+                "stays unseen).",
+                "",
+            ]
+        lines += [
             f"- speaker leak between training and test: **{'YES' if p['speaker_leak'] else 'no'}**",
             f"- every speaker tested exactly once: {'yes' if p['test_speakers_once'] else 'no'}",
             "",
