@@ -122,31 +122,6 @@ class FeatureConfig:
             or not math.isfinite(self.fmax)
         ):
             raise ConfigError(f"features.fmax: must be a number or null, got {self.fmax!r}")
-        if self.fmin < 0:
-            raise ConfigError(f"features.fmin: must be >= 0, got {self.fmin}")
-        if self.fmax is not None and self.fmax > nyquist:
-            raise ConfigError(
-                f"features.fmax: {self.fmax} Hz is above the Nyquist frequency ({nyquist:g} Hz at "
-                f"sample_rate {self.sample_rate})"
-            )
-        if self.fmin >= self.mel_fmax:
-            raise ConfigError(f"features.fmin: must be below fmax ({self.mel_fmax:g} Hz), got {self.fmin}")
-        if self.n_mfcc > self.n_mels:
-            raise ConfigError(f"features.n_mfcc: must be <= n_mels ({self.n_mels}), got {self.n_mfcc}")
-        top_edge = _CONTRAST_FMIN * 2 ** (self.n_contrast_bands - 1)
-        if top_edge >= nyquist:
-            raise ConfigError(
-                f"features.n_contrast_bands: {self.n_contrast_bands} octave bands from {_CONTRAST_FMIN:g} Hz "
-                f"exceed the Nyquist frequency ({nyquist:g} Hz)"
-            )
-        if self.f0_min <= 0:
-            raise ConfigError(f"features.f0_min: must be > 0, got {self.f0_min}")
-        if self.f0_max <= self.f0_min:
-            raise ConfigError(f"features.f0_max: must be above f0_min ({self.f0_min:g}), got {self.f0_max}")
-        if self.f0_max > nyquist:
-            raise ConfigError(
-                f"features.f0_max: {self.f0_max} Hz is above the Nyquist frequency ({nyquist:g} Hz)"
-            )
         if not self.sets:
             raise ConfigError(f"features.sets: pick at least one of {', '.join(FEATURE_SETS)}")
         for name in self.sets:
@@ -162,6 +137,39 @@ class FeatureConfig:
             if name not in POOL_STATS:
                 raise ConfigError(
                     f"features.stats: unknown statistic {name!r} (known: {', '.join(POOL_STATS)})"
+                )
+        sets = set(self.sets)
+        # set-specific limits are checked only for the sets in use (e.g. an 8 kHz logmel-only config)
+        if sets & {"logmel", "mfcc"}:
+            if self.fmin < 0:
+                raise ConfigError(f"features.fmin: must be >= 0, got {self.fmin}")
+            if self.fmax is not None and self.fmax > nyquist:
+                raise ConfigError(
+                    f"features.fmax: {self.fmax} Hz is above the Nyquist frequency ({nyquist:g} Hz at "
+                    f"sample_rate {self.sample_rate})"
+                )
+            if self.fmin >= self.mel_fmax:
+                raise ConfigError(
+                    f"features.fmin: must be below fmax ({self.mel_fmax:g} Hz), got {self.fmin}"
+                )
+        if "mfcc" in sets:
+            if self.n_mfcc > self.n_mels:
+                raise ConfigError(f"features.n_mfcc: must be <= n_mels ({self.n_mels}), got {self.n_mfcc}")
+        if "contrast" in sets:
+            top_edge = _CONTRAST_FMIN * 2 ** (self.n_contrast_bands - 1)
+            if top_edge >= nyquist:
+                raise ConfigError(
+                    f"features.n_contrast_bands: {self.n_contrast_bands} octave bands from "
+                    f"{_CONTRAST_FMIN:g} Hz exceed the Nyquist frequency ({nyquist:g} Hz)"
+                )
+        if self.f0_min <= 0:
+            raise ConfigError(f"features.f0_min: must be > 0, got {self.f0_min}")
+        if self.f0_max <= self.f0_min:
+            raise ConfigError(f"features.f0_max: must be above f0_min ({self.f0_min:g}), got {self.f0_max}")
+        if "f0" in sets:
+            if self.f0_max > nyquist:
+                raise ConfigError(
+                    f"features.f0_max: {self.f0_max} Hz is above the Nyquist frequency ({nyquist:g} Hz)"
                 )
 
     # ------------------------------------------------------------------ derived values
