@@ -16,7 +16,10 @@ CORPORA = Path(os.environ.get("EMOVOX_CORPORA", REPO.parent / "shared" / "corpor
 def _corpus_dir(name: str) -> Path:
     path = CORPORA / name
     if not path.is_dir():
-        pytest.skip(f"corpus {name!r} not found at {path} (set EMOVOX_CORPORA or place ../shared/corpora beside the repo)")
+        pytest.skip(
+            f"corpus {name!r} not found at {path} "
+            "(set EMOVOX_CORPORA or place ../shared/corpora beside the repo)"
+        )
     return path
 
 
@@ -37,7 +40,9 @@ def synth_speech(seconds: float = 1.5, sr: int = 16_000, f0: float = 140.0, seed
     pitch = f0 * (1 + 0.05 * np.sin(2 * np.pi * 3 * t))
     phase = 2 * np.pi * np.cumsum(pitch) / sr
     voiced = sum(np.sin(k * phase) / k for k in range(1, 12))
-    envelope = 0.5 * (1 - np.cos(2 * np.pi * 4 * t)) * np.minimum(1, 10 * t) * np.minimum(1, 10 * (seconds - t))
+    envelope = (
+        0.5 * (1 - np.cos(2 * np.pi * 4 * t)) * np.minimum(1, 10 * t) * np.minimum(1, 10 * (seconds - t))
+    )
     wave = 0.3 * voiced * envelope + 0.003 * rng.standard_normal(t.size)
     return wave.astype(np.float32)
 

@@ -346,3 +346,45 @@ def test_cross_validate_single_training_speaker_validates_on_its_clips(tmp_path:
     assert [f["validation"] for f in res["folds"]] == ["clips of the single training speaker"] * 2
     assert res["folds"][0]["n_val"] == 3 and res["folds"][0]["test_speakers"] == ["folder:spk0"]
     assert "single training speaker" in write_report(tmp_path / "run", res, title="tess-like").read_text()
+
+
+def _cv_config(tmp_path: Path, data: Path) -> Path:
+    """A fast config: SVM on pooled log-mel statistics, one C (no model selection loop)."""
+    cfg = tmp_path / "cv.yaml"
+    cfg.write_text(
+        f"name: tiny\ndata: {{path: {data}, corpus: folder, trim_silence: false}}\n"
+        "model: {family: svm, params: {features: stats, C: 1.0}}\n"
+        "features: {sets: [logmel], n_mels: 32}\n"
+    )
+    return cfg
+
+
+def test_cli_cv_kfold_and_leaky_flag(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from emovox.cli import app
+
+    data = make_corpus(tmp_path / "data", speakers=4, per_emotion=2)
+    cfg = _cv_config(tmp_path, data)
+    runner = CliRunner()
+    out = tmp_path / "cv"
+    result = runner.invoke(
+        app, ["cv", "--config", str(cfg), "--folds", "2", "--out", str(out), "train.seed=1"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "mean ± std" in result.output and "fold_02" in result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert len(metrics["folds"]) == 2 and metrics["protocol"]["speaker_leak"] is False
+    tested = sorted(s for f in metrics["folds"] for s in f["test_speakers"])
+    assert tested == [f"folder:spk{i}" for i in range(4)]
+    assert (out / "config.yaml").is_file() and (out / "fold_01" / "metrics.json").is_file()
+    assert all(p.is_file() for p in _image_links(out / "report.md"))
+
+    leaky = runner.invoke(app, ["cv", "-c", str(cfg), "--leaky-random-split", "-o", str(tmp_path / "leaky")])
+    assert leaky.exit_code == 0, leaky.output
+    assert "speakers leak: not a valid result" in leaky.output
+    assert json.loads((tmp_path / "leaky" / "metrics.json").read_text())["protocol"]["speaker_leak"] is True
+    assert "speakers leak: not a valid result" in (tmp_path / "leaky" / "report.md").read_text()
+
+    bad = runner.invoke(app, ["cv", "-c", str(cfg), "--folds", "9", "-o", str(tmp_path / "bad")])
+    assert bad.exit_code == 2 and "at least 9 speakers" in bad.output

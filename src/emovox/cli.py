@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -266,6 +266,131 @@ def evaluate(
     if metrics["skipped"]:
         err_console.print(f"[yellow]{len(metrics['skipped'])} file(s) skipped (see {report})[/]")
     console.print(_scores_table(f"{Path(str(metrics['model']['path'])).name} on {data_path}", metrics))
+    console.print(f"report: {report}", highlight=False)
+
+
+def _cv_table(res: dict[str, Any]) -> Any:
+    """Rich table: one row per fold (test speakers, WA/UA/macro-F1, train time), then mean ± std."""
+    from rich.table import Table
+
+    table = Table(title=res["protocol"]["name"])
+    for column in ("fold", "test speakers", "n", "WA", "UA", "macro-F1", "train s"):
+        table.add_column(column, justify="left" if column in ("fold", "test speakers") else "right")
+    for f in res["folds"]:
+        speakers = ", ".join(f["test_speakers"])
+        scores = (f"{f[k]:.3f}" for k in ("wa", "ua", "macro_f1"))
+        table.add_row(f["fold"], speakers, str(f["n_test"]), *scores, f"{f['train_seconds']:.1f}")
+    table.add_section()
+    s = res["summary"]
+    means = (f"[bold]{s[k]['mean']:.3f} ± {s[k]['std']:.3f}[/]" for k in ("wa", "ua", "macro_f1"))
+    table.add_row("[bold]mean ± std[/]", "", str(res["pooled"]["n"]), *means, "")
+    return table
+
+
+@app.command("cv")
+def cv(
+    config: Annotated[Path, typer.Option("--config", "-c", help="Run config YAML (configs/*.yaml).")],
+    overrides: Annotated[
+        list[str] | None, typer.Argument(help="section.key=value overrides, e.g. train.epochs=5.")
+    ] = None,
+    folds: Annotated[
+        int | None, typer.Option("--folds", "-k", help="Speaker-grouped k-fold (default: split.folds, 5).")
+    ] = None,
+    loso: Annotated[bool, typer.Option("--loso", help="Leave-one-speaker-out instead of k-fold.")] = False,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Run folder (default runs/cv-<name>-<time>/).")
+    ] = None,
+    leaky_random_split: Annotated[
+        bool,
+        typer.Option(
+            "--leaky-random-split",
+            help="Random utterance split ignoring speakers (INVALID: speakers leak; for comparison only).",
+        ),
+    ] = False,
+) -> None:
+    """Cross-validate a config speaker-independently: per-fold and mean ± std WA / UA / macro-F1.
+
+    Protocol: speaker-grouped k-fold (default), --loso, or train-on-A / test-on-B when the config's
+    split.protocol is cross_corpus (scored on the emotions both corpora share).
+    """
+    import warnings
+
+    import numpy as np
+
+    from emovox import splits as sp
+    from emovox.config import load_config
+    from emovox.corpora import load_corpus
+    from emovox.errors import ConfigError
+    from emovox.evaluation import LEAK_WARNING, cross_validate, write_report
+
+    if folds is not None and loso:
+        raise fail("--folds and --loso are alternatives; pass one")
+    try:
+        cfg = load_config(config, list(overrides or []))
+        if not cfg.data.path:
+            raise ConfigError(f"{config}: data.path is not set (the corpus to cross-validate on)")
+        utts = load_corpus(cfg.data.path, cfg.data.corpus, emotions=cfg.data.emotions).utterances
+        shared_only = False
+        if leaky_random_split:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                splits = [sp.random_split_leaks_speakers(utts, 0.2, cfg.train.seed)]
+            protocol = f"random utterance split, 20% test ({LEAK_WARNING})"
+        elif cfg.split.protocol == "cross_corpus" and not (folds or loso):
+            if not cfg.split.test_path:
+                raise ConfigError(f"{config}: split.protocol is cross_corpus but split.test_path is not set")
+            test = load_corpus(
+                cfg.split.test_path, cfg.split.test_corpus, emotions=cfg.data.emotions
+            ).utterances
+            train_idx, test_idx, shared = sp.cross_corpus(utts, test)
+            splits = [sp.Split(train_idx, test_idx + len(utts), "cross-corpus")]
+            utts = [*utts, *test]
+            shared_only = True
+            protocol = (
+                f"cross-corpus: train on {cfg.data.path}, test on {cfg.split.test_path} ({', '.join(shared)})"
+            )
+        elif loso or (cfg.split.protocol == "loso" and folds is None):
+            splits = sp.leave_one_speaker_out(utts)
+            protocol = f"leave-one-speaker-out cross-validation, {len(splits)} folds"
+        else:
+            k = folds or cfg.split.folds
+            splits = sp.speaker_kfold(utts, k=k, seed=cfg.train.seed)
+            protocol = f"speaker-grouped {k}-fold cross-validation (seed {cfg.train.seed})"
+        if cfg.data.extra:
+            # extra corpora only ever add training speakers
+            extra = [
+                u
+                for src in cfg.data.extra
+                for u in load_corpus(src.path, src.corpus, emotions=cfg.data.emotions).utterances
+            ]
+            extra_idx = np.arange(len(utts), len(utts) + len(extra))
+            splits = [sp.Split(np.concatenate([s.train, extra_idx]), s.test, s.name) for s in splits]
+            utts = [*utts, *extra]
+            protocol += f"; {len(extra)} clips of extra corpora added to every training side"
+        if leaky_random_split:
+            err_console.print(f"[bold yellow]warning:[/] --leaky-random-split: {LEAK_WARNING}")
+        run_dir = _run_dir(out, f"cv-{cfg.name or cfg.model.family}")
+        cfg.dump(run_dir / "config.yaml")
+        res = cross_validate(
+            cfg,
+            utts,
+            splits,
+            run_dir,
+            val_fraction=cfg.train.val_fraction,
+            seed=cfg.train.seed,
+            trim=cfg.data.trim_silence,
+            shared_only=shared_only,
+            allow_speaker_leak=leaky_random_split,
+            protocol=protocol,
+        )
+        report = write_report(
+            run_dir, res, title=f"{cfg.name or cfg.model.family}: {protocol}", config=cfg.to_dict()
+        )
+    except EmovoxError as exc:
+        raise fail(str(exc)) from None
+    console.print(_cv_table(res))
+    if leaky_random_split:
+        err_console.print(f"[bold yellow]warning:[/] {LEAK_WARNING}")
     console.print(f"report: {report}", highlight=False)
 
 
