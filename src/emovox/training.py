@@ -1,0 +1,578 @@
+"""Training: Lightning for the neural families, scikit-learn for the SVM baseline.
+
+:func:`fit` trains one model on ``train`` utterances, selects/early-stops on ``val`` utterances
+(speakers disjoint from training, chosen by the caller with
+:func:`emovox.splits.validation_speakers`) and returns a classifier loaded from the best
+checkpoint. Features are computed inside the training step, on whatever device the batch is on, so
+a GPU run extracts features on the GPU and the waveform -> logits network that is trained is the
+exact one that is bundled, exported and served.
+
+Recipe: random crops of ``data.max_seconds`` from each training clip every epoch (whole clips at
+validation), waveform augmentation in the dataset, SpecAugment on the normalised features,
+mixup, label smoothing, optional class weights, Adam/AdamW with a warm-up + cosine (or one-cycle)
+schedule, checkpoints on the best validation unweighted accuracy (``val_ua``, macro recall) and
+early stopping on it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as nnf
+from torch.utils.data import DataLoader, Dataset
+
+from emovox.augment import SpecAugment, WaveAugment
+from emovox.config import RunConfig
+from emovox.corpora import EMOTIONS, Utterance
+from emovox.errors import ConfigError, CorpusError, EmovoxError
+from emovox.features import FeatureConfig, FeatureExtractor, egemaps_many, pad_batch, pool_stats
+from emovox.models import EmotionNet, frame_mask
+
+CHECKPOINT_DIR = "checkpoints"
+BEST_CHECKPOINT = "best.ckpt"
+LAST_CHECKPOINT = "last.ckpt"
+
+
+class Classifier(Protocol):
+    """What evaluation consumes: ``labels`` and ``predict_proba(waves) -> [N, K]``."""
+
+    labels: list[str]
+
+    def predict_proba(self, waves: Sequence[np.ndarray]) -> np.ndarray: ...
+
+
+@dataclass
+class FitResult:
+    """A trained classifier, its best validation UA (NaN without validation), per-epoch history and
+    the checkpoint it was loaded from (None for the SVM, which is not checkpointed)."""
+
+    model: Any
+    best_val_ua: float
+    history: list[dict[str, float]] = field(default_factory=list)
+    checkpoint: Path | None = None
+
+
+# --------------------------------------------------------------------------- classifiers
+
+
+class TorchClassifier:
+    """Batched, length-sorted inference with an :class:`EmotionNet` (``.net``)."""
+
+    def __init__(
+        self, net: EmotionNet, *, batch_size: int = 16, device: str | torch.device | None = None
+    ) -> None:
+        self.net = net.eval()
+        self.batch_size = batch_size
+        self.device = torch.device(device) if device is not None else next(net.parameters()).device
+        self.net.to(self.device)
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.net.labels)
+
+    @torch.inference_mode()
+    def predict_proba(self, waves: Sequence[np.ndarray]) -> np.ndarray:
+        """Class probabilities ``[N, K]`` (rows sum to 1) for 16 kHz mono waveforms."""
+        out = np.zeros((len(waves), len(self.labels)), dtype=np.float64)
+        order = sorted(range(len(waves)), key=lambda i: np.asarray(waves[i]).size)
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start : start + self.batch_size]
+            wave, lengths = pad_batch([waves[i] for i in idx])
+            logits = self.net(wave.to(self.device), lengths.to(self.device))
+            out[idx] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
+        return out
+
+
+class SVMClassifier:
+    """StandardScaler + SVC (Platt-scaled probabilities) on eGeMAPS or pooled frame statistics.
+
+    Not bundled (bundles never pickle); it is a baseline for reports and cross-validation.
+    """
+
+    def __init__(
+        self, labels: Sequence[str], pipeline: Any, features: str, feature_cfg: FeatureConfig
+    ) -> None:
+        self.labels = list(labels)
+        self.pipeline = pipeline
+        self.features = features
+        self.feature_cfg = feature_cfg
+
+    def predict_proba(self, waves: Sequence[np.ndarray]) -> np.ndarray:
+        proba = self.pipeline.predict_proba(
+            svm_features(waves, self.features, self.feature_cfg, progress=False)
+        )
+        out = np.zeros((len(waves), len(self.labels)), dtype=np.float64)
+        out[:, self.pipeline.classes_] = proba
+        return out
+
+
+def svm_features(
+    waves: Sequence[np.ndarray], kind: str, feature_cfg: FeatureConfig, *, progress: bool = True
+) -> np.ndarray:
+    """``[N, D]`` utterance vectors: 88 eGeMAPS functionals or ``pool_stats`` of the frame features."""
+    if kind == "egemaps":
+        return egemaps_many(waves, progress=progress)
+    extractor = FeatureExtractor(feature_cfg)
+    order = sorted(range(len(waves)), key=lambda i: np.asarray(waves[i]).size)
+    out = np.zeros((len(waves), extractor.num_channels * len(feature_cfg.stats)), dtype=np.float32)
+    with torch.inference_mode():
+        for start in range(0, len(order), 32):
+            idx = order[start : start + 32]
+            wave, lengths = pad_batch([waves[i] for i in idx])
+            feats, frames = extractor(wave, lengths)
+            out[idx] = pool_stats(feats, frames, feature_cfg.stats).numpy()
+    return out
+
+
+# --------------------------------------------------------------------------- data
+
+
+class WaveDataset(Dataset):
+    """Decoded waveforms and class indices; training items get a random crop and augmentation."""
+
+    def __init__(
+        self,
+        waves: Sequence[np.ndarray],
+        targets: Sequence[int],
+        *,
+        crop: int | None = None,
+        augment: WaveAugment | None = None,
+    ) -> None:
+        self.waves = list(waves)
+        self.targets = list(targets)
+        self.crop = crop
+        self.augment = augment
+
+    def __len__(self) -> int:
+        return len(self.waves)
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, int]:
+        wave = self.waves[i]
+        if self.crop is not None and wave.size > self.crop:
+            # torch's generator: seeded by seed_everything in the main process and in each worker
+            start = int(torch.randint(0, wave.size - self.crop + 1, (1,)))
+            wave = wave[start : start + self.crop]
+        if self.augment is not None:
+            wave = self.augment(wave)
+        return np.ascontiguousarray(wave, dtype=np.float32), self.targets[i]
+
+
+def collate(batch: Sequence[tuple[np.ndarray, int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Zero-pad a list of ``(wave, target)`` into ``(wave [B, T], lengths [B], targets [B])``."""
+    wave, lengths = pad_batch([w for w, _ in batch])
+    return wave, lengths, torch.tensor([t for _, t in batch], dtype=torch.int64)
+
+
+@torch.inference_mode()
+def normalization_stats(
+    net: EmotionNet, waves: Sequence[np.ndarray], *, batch_size: int = 32, device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and std of the backbone inputs over the (non-augmented, whole) training clips.
+
+    Frame features: per channel over every valid frame. Pooled statistics (``mlp``): per dimension
+    over utterances. Accumulated in float64 so long corpora do not lose precision.
+    """
+    net = net.to(device)
+    total = torch.zeros(net.input_dim, dtype=torch.float64, device=device)
+    squares = torch.zeros_like(total)
+    count = 0.0
+    order = sorted(range(len(waves)), key=lambda i: waves[i].size)
+    for start in range(0, len(order), batch_size):
+        wave, lengths = pad_batch([waves[i] for i in order[start : start + batch_size]])
+        x, frames = net.raw_inputs(wave.to(device), lengths.to(device))
+        x = x.double()
+        if net.pooled:
+            total += x.sum(0)
+            squares += (x**2).sum(0)
+            count += x.shape[0]
+        else:
+            mask = frame_mask(frames, x.shape[-1]).unsqueeze(1).double()
+            total += (x * mask).sum((0, 2))
+            squares += (x**2 * mask).sum((0, 2))
+            count += float(mask.sum())
+    mean = total / count
+    std = (squares / count - mean**2).clamp(min=0).sqrt()
+    return mean.float().cpu(), std.float().cpu()
+
+
+# --------------------------------------------------------------------------- lightning module
+
+
+def _lightning() -> Any:
+    import lightning
+
+    return lightning
+
+
+def _make_module(
+    net: EmotionNet, cfg: RunConfig, class_weights: torch.Tensor | None, steps_per_epoch: int
+) -> Any:
+    """Build the LightningModule (defined lazily so importing this module does not import Lightning)."""
+    L = _lightning()
+    from torchmetrics import MeanMetric
+    from torchmetrics.classification import MulticlassAccuracy
+
+    tcfg = cfg.train
+    n_classes = len(net.labels)
+
+    class EmotionModule(L.LightningModule):
+        """Cross-entropy training of an :class:`EmotionNet` with SpecAugment and mixup."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = net
+            self.spec = SpecAugment(cfg.augment) if cfg.augment.spec_enabled and not net.pooled else None
+            self.register_buffer(
+                "class_weights",
+                class_weights if class_weights is not None else torch.ones(n_classes),
+                persistent=False,
+            )
+            self.val_ua = MulticlassAccuracy(num_classes=n_classes, average="macro")
+            self.val_wa = MulticlassAccuracy(num_classes=n_classes, average="micro")
+            self.val_loss = MeanMetric()
+            self.train_loss = MeanMetric()
+            self.history: list[dict[str, float]] = []
+
+        def _inputs(self, wave: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            # features in float32 even under mixed precision: log-power in fp16 loses the quiet frames
+            with torch.autocast(device_type=self.device.type, enabled=False):
+                return self.net.inputs(wave.float(), lengths)
+
+        def _loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+            return nnf.cross_entropy(
+                logits.float(), target, weight=self.class_weights, label_smoothing=tcfg.label_smoothing
+            )
+
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            wave, lengths, target = batch
+            x, frames = self._inputs(wave, lengths)
+            if self.spec is not None:
+                x = self.spec(x, frames)
+            if tcfg.mixup > 0 and x.shape[0] > 1:
+                lam = float(np.random.beta(tcfg.mixup, tcfg.mixup))
+                perm = torch.randperm(x.shape[0], device=x.device)
+                x = lam * x + (1 - lam) * x[perm]
+                frames = torch.maximum(frames, frames[perm])
+                logits = self.net.backbone(x, frames)
+                loss = lam * self._loss(logits, target) + (1 - lam) * self._loss(logits, target[perm])
+            else:
+                loss = self._loss(self.net.backbone(x, frames), target)
+            self.train_loss.update(loss.detach())
+            self.log("loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=x.shape[0])
+            return loss
+
+        def validation_step(self, batch: Any, batch_idx: int) -> None:
+            wave, lengths, target = batch
+            x, frames = self._inputs(wave, lengths)
+            logits = self.net.backbone(x, frames).float()
+            self.val_loss.update(nnf.cross_entropy(logits, target), weight=target.shape[0])
+            preds = logits.argmax(-1)
+            self.val_ua.update(preds, target)
+            self.val_wa.update(preds, target)
+
+        def _entry(self) -> dict[str, float]:
+            epoch = int(self.current_epoch) + 1
+            if not self.history or self.history[-1]["epoch"] != epoch:
+                self.history.append({"epoch": epoch})
+            return self.history[-1]
+
+        def on_validation_epoch_end(self) -> None:
+            ua, wa, vloss = self.val_ua.compute(), self.val_wa.compute(), self.val_loss.compute()
+            self.val_ua.reset()
+            self.val_wa.reset()
+            self.val_loss.reset()
+            self.log_dict({"val_wa": wa, "val_loss": vloss})
+            self.log("val_ua", ua, prog_bar=True)
+            if not self.trainer.sanity_checking:
+                self._entry().update(val_ua=float(ua), val_wa=float(wa), val_loss=float(vloss))
+
+        def on_train_epoch_end(self) -> None:
+            loss = float(self.train_loss.compute()) if self.train_loss.update_count else math.nan
+            self.train_loss.reset()
+            lr = float(self.trainer.optimizers[0].param_groups[0]["lr"])
+            self.log_dict({"train_loss": loss, "lr": lr})
+            self._entry().update(train_loss=loss, lr=lr)
+
+        def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+            checkpoint["emovox_history"] = [dict(h) for h in self.history]
+            checkpoint["emovox_model"] = self.net.config()
+
+        def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+            self.history = [dict(h) for h in checkpoint.get("emovox_history", [])]
+
+        def configure_optimizers(self) -> Any:
+            params = [p for p in self.net.parameters() if p.requires_grad]
+            opt_cls = torch.optim.AdamW if tcfg.optimizer == "adamw" else torch.optim.Adam
+            optimizer = opt_cls(params, lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+            total = max(1, tcfg.epochs * steps_per_epoch)
+            warmup = min(total - 1, int(round(tcfg.warmup_epochs * steps_per_epoch)))
+            if tcfg.scheduler == "none":
+                return optimizer
+            if tcfg.scheduler == "onecycle":
+                scheduler: Any = torch.optim.lr_scheduler.OneCycleLR(
+                    optimizer, max_lr=tcfg.lr, total_steps=total, pct_start=max(warmup, 1) / total
+                )
+            else:
+                scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(warmup, total))
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    return EmotionModule()
+
+
+def _warmup_cosine(warmup: int, total: int) -> Any:
+    """LR factor per step: linear warm-up to 1, then cosine decay to 1% of the peak."""
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+# --------------------------------------------------------------------------- fit
+
+
+def label_set(utts: Sequence[Utterance]) -> list[str]:
+    """Emotions present in ``utts``, in the canonical :data:`EMOTIONS` order."""
+    present = {u.emotion for u in utts}
+    return [e for e in EMOTIONS if e in present] + sorted(present - set(EMOTIONS))
+
+
+def _gather(
+    utts: Sequence[Utterance], waves: Mapping[Path, np.ndarray], labels: Sequence[str]
+) -> tuple[list[np.ndarray], list[int]]:
+    index = {label: i for i, label in enumerate(labels)}
+    kept = [u for u in utts if u.path in waves and u.emotion in index]
+    return [waves[u.path] for u in kept], [index[u.emotion] for u in kept]
+
+
+def fit(
+    cfg: RunConfig,
+    train: Sequence[Utterance],
+    val: Sequence[Utterance],
+    run_dir: str | Path,
+    *,
+    waves: Mapping[Path, np.ndarray] | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> FitResult:
+    """Train ``cfg.model.family`` on ``train``, select on ``val``; write checkpoints and logs to ``run_dir``.
+
+    ``waves`` maps ``Utterance.path`` to decoded audio (loaded here, once, when None). ``resume``
+    continues from ``run_dir/checkpoints/last.ckpt``. Utterances whose audio could not be loaded,
+    and validation utterances of an emotion absent from training, are left out. Returns the model
+    loaded from the best checkpoint (the last one when ``val`` is empty).
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not train:
+        raise CorpusError("no training utterances")
+    if waves is None:
+        from emovox.evaluation import load_waves
+
+        waves, _ = load_waves([*train, *val], trim=cfg.data.trim_silence, progress=progress)
+    labels = label_set([u for u in train if u.path in waves])
+    if len(labels) < 2:
+        raise CorpusError(
+            f"training data has {len(labels)} emotion(s) ({', '.join(labels)}); need at least 2"
+        )
+    train_waves, train_y = _gather(train, waves, labels)
+    val_waves, val_y = _gather(val, waves, labels)
+    if cfg.model.family == "svm":
+        return _fit_svm(cfg, labels, train_waves, train_y, val_waves, val_y, run_dir, progress=progress)
+    return _fit_torch(
+        cfg, labels, train_waves, train_y, val_waves, val_y, run_dir, resume=resume, progress=progress
+    )
+
+
+def _fit_torch(
+    cfg: RunConfig,
+    labels: list[str],
+    train_waves: list[np.ndarray],
+    train_y: list[int],
+    val_waves: list[np.ndarray],
+    val_y: list[int],
+    run_dir: Path,
+    *,
+    resume: bool,
+    progress: bool,
+) -> FitResult:
+    L = _lightning()
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar
+    from lightning.pytorch.loggers import CSVLogger
+
+    tcfg = cfg.train
+    L.seed_everything(tcfg.seed, workers=True, verbose=False)
+    ckpt_dir = run_dir / CHECKPOINT_DIR
+    last = ckpt_dir / LAST_CHECKPOINT
+    if resume and not last.is_file():
+        raise EmovoxError(f"{run_dir}: nothing to resume ({last} not found)")
+
+    net = EmotionNet(cfg.features, cfg.model.family, cfg.model.params, labels)
+    device = "cuda" if tcfg.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available() else "cpu"
+    if not resume:  # a resumed run restores the normaliser from its checkpoint
+        mean, std = normalization_stats(net, train_waves, batch_size=tcfg.batch_size, device=device)
+        net.set_normalization(mean, std)
+    net.cpu()
+
+    class_weights = None
+    if tcfg.class_weights:
+        counts = np.bincount(train_y, minlength=len(labels)).astype(np.float64)
+        class_weights = torch.tensor(
+            len(train_y) / (len(labels) * np.maximum(counts, 1)), dtype=torch.float32
+        )
+
+    crop = int(cfg.data.max_seconds * cfg.features.sample_rate) if cfg.data.max_seconds else None
+    augment = WaveAugment(cfg.augment, cfg.features.sample_rate) if cfg.augment.wave_enabled else None
+    train_ds = WaveDataset(train_waves, train_y, crop=crop, augment=augment)
+    drop_last = len(train_ds) > tcfg.batch_size
+    steps_per_epoch = len(train_ds) // tcfg.batch_size if drop_last else 1
+    loader_args: dict[str, Any] = {
+        "batch_size": tcfg.batch_size,
+        "collate_fn": collate,
+        "num_workers": tcfg.num_workers,
+        "persistent_workers": tcfg.num_workers > 0,
+        "pin_memory": device == "cuda",
+    }
+    train_loader = DataLoader(train_ds, shuffle=True, drop_last=drop_last, **loader_args)
+    val_loader = None
+    if val_waves:
+        order = np.argsort([w.size for w in val_waves], kind="stable")
+        val_ds = WaveDataset([val_waves[i] for i in order], [val_y[i] for i in order])
+        val_loader = DataLoader(val_ds, shuffle=False, **loader_args)
+
+    module = _make_module(net, cfg, class_weights, steps_per_epoch)
+    if val_loader is not None:
+        checkpoint = ModelCheckpoint(
+            dirpath=ckpt_dir, filename="best", monitor="val_ua", mode="max", save_top_k=1, save_last=True
+        )
+    else:
+        checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="best", save_top_k=1, save_last=True)
+    callbacks: list[Any] = [checkpoint]
+    if val_loader is not None and tcfg.patience:
+        callbacks.append(EarlyStopping(monitor="val_ua", mode="max", patience=tcfg.patience))
+    if progress:
+        callbacks.append(RichProgressBar(leave=True))
+    loggers: list[Any] = [CSVLogger(save_dir=run_dir, name="logs", version="")]
+    try:
+        import tensorboard  # noqa: F401
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        loggers.append(TensorBoardLogger(save_dir=run_dir, name="logs", version="tensorboard"))
+    except ImportError:
+        pass
+
+    try:
+        trainer = L.Trainer(
+            max_epochs=tcfg.epochs,
+            accelerator=tcfg.accelerator,
+            devices=tcfg.devices,
+            strategy=tcfg.strategy,
+            precision=tcfg.precision,
+            callbacks=callbacks,
+            logger=loggers,
+            gradient_clip_val=tcfg.grad_clip,
+            num_sanity_val_steps=0,
+            log_every_n_steps=max(1, min(50, steps_per_epoch)),
+            enable_model_summary=False,
+            enable_progress_bar=progress,
+            default_root_dir=run_dir,
+        )
+    except (ValueError, RuntimeError, TypeError) as exc:
+        raise ConfigError(
+            f"train.accelerator/devices/strategy/precision: Lightning rejected "
+            f"{tcfg.accelerator!r}/{tcfg.devices!r}/{tcfg.strategy!r}/{tcfg.precision!r}: {exc}"
+        ) from None
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=".*number of training batches.*")
+        warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+        trainer.fit(module, train_loader, val_loader, ckpt_path=str(last) if resume else None)
+
+    best_path = (
+        Path(checkpoint.best_model_path) if val_loader is not None and checkpoint.best_model_path else None
+    )
+    chosen = best_path or Path(checkpoint.last_model_path or last)
+    state = torch.load(chosen, map_location="cpu", weights_only=True)
+    module.load_state_dict(state["state_dict"])
+    history = [dict(h) for h in module.history]
+    (run_dir / "history.json").write_text(json.dumps(history, indent=2))
+    best_ua = (
+        float(checkpoint.best_model_score)
+        if best_path and checkpoint.best_model_score is not None
+        else math.nan
+    )
+    return FitResult(
+        model=TorchClassifier(module.net.cpu().eval(), batch_size=tcfg.batch_size),
+        best_val_ua=best_ua,
+        history=history,
+        checkpoint=chosen,
+    )
+
+
+def _fit_svm(
+    cfg: RunConfig,
+    labels: list[str],
+    train_waves: list[np.ndarray],
+    train_y: list[int],
+    val_waves: list[np.ndarray],
+    val_y: list[int],
+    run_dir: Path,
+    *,
+    progress: bool,
+) -> FitResult:
+    """Choose C on the validation speakers (unweighted accuracy), then fit with Platt probabilities."""
+    from sklearn.metrics import balanced_accuracy_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import SVC
+
+    params = cfg.svm_params
+    grid = [float(c) for c in (params["C"] if isinstance(params["C"], list) else [params["C"]])]
+    weight = "balanced" if cfg.train.class_weights else None
+    x_train = svm_features(train_waves, params["features"], cfg.features, progress=progress)
+
+    def make(c: float, probability: bool) -> Any:
+        svc = SVC(
+            C=c,
+            kernel=params["kernel"],
+            class_weight=weight,
+            probability=probability,
+            random_state=cfg.train.seed,
+        )
+        return make_pipeline(StandardScaler(), svc)
+
+    scores: dict[float, float] = {}
+    if val_waves:
+        x_val = svm_features(val_waves, params["features"], cfg.features, progress=progress)
+        for c in grid:
+            pred = make(c, False).fit(x_train, train_y).predict(x_val)
+            scores[c] = float(balanced_accuracy_score(val_y, pred))
+        best_c = max(grid, key=lambda c: (scores[c], -abs(math.log10(c))))
+    elif len(grid) == 1:
+        best_c = grid[0]
+    else:
+        raise ConfigError(
+            "model.params.C: choosing C among several values needs validation speakers "
+            "(train.val_fraction > 0); give a single C"
+        )
+    pipeline = make(best_c, True).fit(x_train, train_y)
+    (run_dir / "model_selection.json").write_text(
+        json.dumps({"C": best_c, "val_ua_by_C": {str(c): s for c, s in scores.items()}}, indent=2)
+    )
+    return FitResult(
+        model=SVMClassifier(labels, pipeline, params["features"], cfg.features),
+        best_val_ua=scores.get(best_c, math.nan),
+        history=[],
+        checkpoint=None,
+    )
