@@ -1,0 +1,528 @@
+"""Model bundles: a trained :class:`~emovox.models.EmotionNet` as a self-describing folder.
+
+A bundle is a directory holding
+
+* ``model.safetensors``: the network's ``state_dict`` (weights and normaliser buffers). Bundles
+  never contain pickles, so loading one cannot run code;
+* ``config.json``: ``format_version``, the emovox version that wrote it, ``EmotionNet.config()``
+  (feature parameters, family, hyper-parameters, labels), the audio preprocessing used in training
+  (so prediction sees exactly what evaluation saw), a summary of the training data and the
+  sha256 of every weight file (to detect corruption);
+* ``metrics.json``: the speaker-independent scores measured for the model;
+* ``README.md``: a model card (data, protocol, scores, licence, intended use and limits);
+* optionally ``model.onnx``, added by :func:`emovox.export.export_onnx`, which lets
+  :class:`emovox.predict.Recognizer` run on onnxruntime alone.
+
+:func:`save_bundle` is atomic: the bundle is written into a temporary folder beside the target and
+swapped in only when complete, so an interrupted save leaves the previous bundle (or nothing) in
+place, never half a bundle. :func:`load_bundle` checks everything it reads and raises
+:class:`~emovox.errors.BundleError` naming the bundle and what is wrong.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from datetime import UTC, datetime
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from emovox import __version__
+from emovox.errors import BundleError, ConfigError, EmovoxError
+
+if TYPE_CHECKING:
+    from emovox.models import EmotionNet
+
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.json"
+CARD_FILE = "README.md"
+ONNX_FILE = "model.onnx"
+REQUIRED_FILES = (WEIGHTS_FILE, CONFIG_FILE, METRICS_FILE)
+
+#: The shipped default model, inside the installed package.
+DEFAULT_BUNDLE: Path = Path(str(resources.files("emovox").joinpath("assets", "default_model")))
+
+#: Audio preprocessing applied before the network, recorded in every bundle. Training passes
+#: the values it used; prediction applies the same ones so its outputs equal evaluation's.
+DEFAULT_PREPROCESSING: dict[str, Any] = {"trim_silence": True, "min_duration": 0.25}
+
+DEFAULT_INTENDED_USE = (
+    "Research, teaching and prototyping of speech emotion recognition: estimating which of a fixed "
+    "set of acted emotion categories a short utterance most resembles."
+)
+DEFAULT_LIMITATIONS = (
+    "Trained on acted emotional speech from a small number of speakers recorded in a studio; "
+    "accuracy on spontaneous speech, other languages, accents, ages, microphones and noisy rooms is "
+    "lower and has not been measured. Emotion labels are the actors' intended categories, not "
+    "anyone's inner state. Do not use it for high-stakes decisions about people (hiring, health, "
+    "education, policing, credit, surveillance)."
+)
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """What the generated README.md says about a model beyond its configuration and scores."""
+
+    data: str
+    """Training data, e.g. "RAVDESS speech (English, 20 actors, 1200 clips, 8 emotions)"."""
+    protocol: str
+    """How the scores were measured, e.g. "5-fold speaker-independent cross-validation"."""
+    licence: str
+    """Licence of the training data, which the bundle inherits (e.g. "CC BY-NC-SA 4.0 (RAVDESS)")."""
+    title: str = "emovox speech emotion model"
+    intended_use: str = DEFAULT_INTENDED_USE
+    limitations: str = DEFAULT_LIMITATIONS
+    citation: str = ""
+    """References for the data and method (markdown)."""
+
+    @classmethod
+    def coerce(cls, card: ModelCard | Mapping[str, Any]) -> ModelCard:
+        """Accept a ModelCard or a mapping of its fields (e.g. from a YAML config)."""
+        if isinstance(card, ModelCard):
+            return card
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(card) - known)
+        if unknown:
+            raise ConfigError(
+                f"model card: unknown field(s) {', '.join(unknown)} (allowed: {', '.join(known)})"
+            )
+        missing = [f for f in ("data", "protocol", "licence") if not card.get(f)]
+        if missing:
+            raise ConfigError(f"model card: missing required field(s) {', '.join(missing)}")
+        return cls(**{k: str(v) for k, v in card.items()})
+
+
+# --------------------------------------------------------------------------- saving
+
+
+def save_bundle(
+    model: EmotionNet,
+    path: str | Path,
+    *,
+    metrics: Mapping[str, Any],
+    card: ModelCard | Mapping[str, Any],
+    training: Mapping[str, Any] | None = None,
+    preprocessing: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write ``model`` as a bundle at ``path``, atomically, and return the path.
+
+    ``metrics`` goes to metrics.json and into the card; ``training`` is a JSON-able summary of the
+    training data (corpora, utterances, speakers, per-emotion counts); ``preprocessing`` holds the
+    ``trim_silence`` / ``min_duration`` used to load training audio (default
+    :data:`DEFAULT_PREPROCESSING`). An existing bundle at ``path`` is replaced only once the new
+    one is complete; a folder there that is not a bundle is never overwritten.
+    """
+    from safetensors.torch import save_file
+
+    target = Path(path)
+    model_card = ModelCard.coerce(card)
+    prep = _preprocessing(preprocessing)
+    if target.exists() and not _replaceable(target):
+        raise BundleError(f"{target}: exists and is not a model bundle; refusing to overwrite it")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    model_config = model.config()
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+        save_file(
+            state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "emovox_format": str(FORMAT_VERSION)}
+        )
+        config = {
+            "format_version": FORMAT_VERSION,
+            "emovox_version": __version__,
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "model": model_config,
+            "sample_rate": int(model_config["features"]["sample_rate"]),
+            "preprocessing": prep,
+            "training": _jsonable(dict(training or {})),
+            "sha256": {WEIGHTS_FILE: sha256_file(tmp / WEIGHTS_FILE)},
+        }
+        metrics_json = _jsonable(dict(metrics))
+        _write_text(tmp / METRICS_FILE, json.dumps(metrics_json, indent=2) + "\n")
+        _write_text(tmp / CARD_FILE, render_card(config, metrics_json, model_card))
+        _write_text(tmp / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
+        _fsync(tmp / WEIGHTS_FILE)
+        _fsync(tmp)
+        _swap_in(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def _replaceable(target: Path) -> bool:
+    """A bundle (has config.json) or an empty folder may be replaced; anything else may not."""
+    return target.is_dir() and ((target / CONFIG_FILE).is_file() or not any(target.iterdir()))
+
+
+def _swap_in(tmp: Path, target: Path) -> None:
+    """Move the complete bundle ``tmp`` to ``target``, keeping the old one until the new one is in place."""
+    old: Path | None = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
+        os.replace(target, old)
+    try:
+        os.replace(tmp, target)
+    except BaseException:
+        if old is not None:
+            os.replace(old, target)
+        raise
+    _fsync(target.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_text(path: Path, text: str) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file or a directory entry to disk (directories only where the OS allows it)."""
+    flags = os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if path.is_dir() else 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _preprocessing(preprocessing: Mapping[str, Any] | None) -> dict[str, Any]:
+    prep = dict(DEFAULT_PREPROCESSING)
+    if preprocessing:
+        unknown = sorted(set(preprocessing) - set(DEFAULT_PREPROCESSING))
+        if unknown:
+            raise ConfigError(f"bundle preprocessing: unknown key(s) {', '.join(unknown)}")
+        prep.update(preprocessing)
+    return {"trim_silence": bool(prep["trim_silence"]), "min_duration": float(prep["min_duration"])}
+
+
+def _jsonable(value: Any) -> Any:
+    """Plain JSON types from NumPy scalars/arrays, tuples and Paths (so metrics from anywhere serialise)."""
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "tolist"):  # numpy arrays and scalars, torch tensors
+        return _jsonable(value.tolist())
+    return value
+
+
+# --------------------------------------------------------------------------- model card
+
+
+_CARD_TEMPLATE = """\
+# {title}
+
+Speech emotion recognition model trained with [emovox](https://github.com/emovox/emovox)
+{emovox_version} on {created}. It maps a recording of speech to one of {n_labels} emotion
+categories: {labels}.
+
+## Model
+
+| | |
+|---|---|
+| family | `{family}` |
+| hyper-parameters | {params} |
+| features | {feature_sets} (pooling: {stats}), {sample_rate} Hz input |
+| preprocessing | trim silence: {trim}, minimum duration: {min_duration:g} s |
+| weights | `model.safetensors` (sha256 `{sha_short}`) |
+
+## Training data
+
+{data}
+{training_table}
+**Licence.** {licence} The model is derived from this data and inherits its licence terms.
+
+## Evaluation
+
+{protocol}
+
+{scores}
+## Intended use
+
+{intended_use}
+
+## Limitations
+
+{limitations}
+
+## Usage
+
+```python
+from emovox import Recognizer
+
+rec = Recognizer.load("path/to/this/folder")
+print(rec.predict("speech.wav"))
+```
+
+or `emovox predict speech.wav --model path/to/this/folder`.
+{citation}"""
+
+_SCORE_NAMES = {"ua": "UA (unweighted accuracy)", "wa": "WA (weighted accuracy)", "macro_f1": "macro-F1"}
+
+
+def render_card(config: Mapping[str, Any], metrics: Mapping[str, Any], card: ModelCard) -> str:
+    """Fill the model-card template from a bundle's config, metrics and card text."""
+    model = config["model"]
+    features = model.get("features", {})
+    params = model.get("params") or {}
+    training = config.get("training") or {}
+    return _CARD_TEMPLATE.format(
+        title=card.title,
+        emovox_version=config["emovox_version"],
+        created=config["created"][:10],
+        n_labels=len(model["labels"]),
+        labels=", ".join(model["labels"]),
+        family=model["family"],
+        params=", ".join(f"`{k}={v}`" for k, v in params.items()) or "defaults",
+        feature_sets=", ".join(features.get("sets", [])) or "-",
+        stats=", ".join(features.get("stats", [])) or "-",
+        sample_rate=config["sample_rate"],
+        trim="yes" if config["preprocessing"]["trim_silence"] else "no",
+        min_duration=config["preprocessing"]["min_duration"],
+        sha_short=config["sha256"][WEIGHTS_FILE][:16],
+        data=card.data,
+        training_table=_table(training) if training else "",
+        licence=card.licence.rstrip(".") + ".",
+        protocol=card.protocol,
+        scores=_scores(metrics),
+        intended_use=card.intended_use,
+        limitations=card.limitations,
+        citation=f"\n## References\n\n{card.citation}\n" if card.citation else "",
+    )
+
+
+def _table(summary: Mapping[str, Any]) -> str:
+    rows = [f"| {k} | {_fmt(v)} |" for k, v in summary.items()]
+    return "\n| | |\n|---|---|\n" + "\n".join(rows) + "\n"
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, Mapping):
+        return ", ".join(f"{k}: {_fmt(v)}" for k, v in value.items())
+    if isinstance(value, list):
+        return ", ".join(_fmt(v) for v in value)
+    return str(value)
+
+
+def _scores(metrics: Mapping[str, Any]) -> str:
+    """A markdown table of the headline scores: plain values, or mean ± std over folds."""
+    mean = metrics.get("mean") if isinstance(metrics.get("mean"), Mapping) else None
+    std = metrics.get("std") if isinstance(metrics.get("std"), Mapping) else {}
+    source = mean if mean is not None else metrics
+    rows = []
+    for key, name in _SCORE_NAMES.items():
+        value = source.get(key)
+        if isinstance(value, (int, float)):
+            spread = std.get(key) if std else None
+            cell = f"{value:.3f}" + (f" ± {spread:.3f}" if isinstance(spread, (int, float)) else "")
+            rows.append(f"| {name} | {cell} |")
+    if not rows:
+        return "No scores were recorded for this model.\n"
+    return "| metric | score |\n|---|---|\n" + "\n".join(rows) + "\n\nAll scores: `metrics.json`.\n"
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def resolve_bundle(path: str | Path) -> Path:
+    """``"default"`` -> the shipped bundle; anything else -> that folder. Raises if it is not there."""
+    if str(path) == "default":
+        if not (DEFAULT_BUNDLE / CONFIG_FILE).is_file():
+            raise BundleError(
+                f"the default model is not installed (expected a bundle at {DEFAULT_BUNDLE}); "
+                "pass --model PATH to a bundle written by `emovox train`"
+            )
+        return DEFAULT_BUNDLE
+    bundle = Path(path)
+    if not bundle.exists():
+        raise BundleError(f"{bundle}: model bundle not found")
+    if not bundle.is_dir():
+        raise BundleError(
+            f"{bundle}: a model bundle is a folder (with {', '.join(REQUIRED_FILES)}), not a file"
+        )
+    return bundle
+
+
+def read_meta(path: str | Path) -> dict[str, Any]:
+    """Read and validate a bundle's config.json and metrics.json (no weights).
+
+    Returns config.json's content plus ``metrics`` and ``path``. Checks the files are present,
+    parse, and have a format version this emovox reads.
+    """
+    bundle = resolve_bundle(path)
+    missing = [name for name in REQUIRED_FILES if not (bundle / name).is_file()]
+    if missing:
+        raise BundleError(f"{bundle}: incomplete model bundle, missing {', '.join(missing)}")
+    config = _read_json(bundle / CONFIG_FILE)
+    metrics = _read_json(bundle / METRICS_FILE)
+    if not isinstance(config, dict):
+        raise BundleError(f"{bundle / CONFIG_FILE}: expected a JSON object")
+    version = config.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise BundleError(f"{bundle / CONFIG_FILE}: missing or invalid format_version ({version!r})")
+    if version > FORMAT_VERSION:
+        raise BundleError(
+            f"{bundle}: bundle format {version} was written by emovox {config.get('emovox_version', '?')}; "
+            f"this emovox ({__version__}) reads format {FORMAT_VERSION} or older, please upgrade emovox"
+        )
+    if version < 1:
+        raise BundleError(f"{bundle}: unknown bundle format_version {version}")
+    for key in ("model", "sha256", "preprocessing"):
+        if not isinstance(config.get(key), dict):
+            raise BundleError(f"{bundle / CONFIG_FILE}: missing or invalid {key!r} section")
+    model = config["model"]
+    if not isinstance(model.get("labels"), list) or not model["labels"]:
+        raise BundleError(f"{bundle / CONFIG_FILE}: the model section lists no labels")
+    config["preprocessing"] = _preprocessing_from(bundle, config["preprocessing"])
+    config["metrics"] = metrics
+    config["path"] = str(bundle)
+    return config
+
+
+def _preprocessing_from(bundle: Path, prep: Mapping[str, Any]) -> dict[str, Any]:
+    try:
+        return _preprocessing(prep)
+    except (ConfigError, TypeError, ValueError) as exc:
+        raise BundleError(f"{bundle / CONFIG_FILE}: invalid preprocessing section ({exc})") from None
+
+
+def verify_checksum(bundle: Path, meta: Mapping[str, Any], name: str) -> Path:
+    """Check a file of the bundle against the sha256 recorded in config.json; return its path."""
+    file = bundle / name
+    if not file.is_file():
+        raise BundleError(f"{bundle}: incomplete model bundle, missing {name}")
+    expected = meta["sha256"].get(name)
+    if not expected:
+        raise BundleError(f"{bundle / CONFIG_FILE}: records no sha256 for {name}")
+    actual = sha256_file(file)
+    if actual != expected:
+        raise BundleError(
+            f"{file}: checksum mismatch (sha256 {actual[:12]}..., config.json records {expected[:12]}...); "
+            "the file is corrupted or was modified, re-export or re-download the bundle"
+        )
+    return file
+
+
+def load_bundle(path: str | Path = "default") -> tuple[EmotionNet, dict[str, Any]]:
+    """Load a bundle (``"default"`` or a folder) -> ``(EmotionNet in eval mode, meta)``.
+
+    ``meta`` is config.json plus ``metrics`` and ``path``. Weights are read with safetensors (no
+    pickle). Raises :class:`BundleError` for a missing folder or file, unreadable JSON, an unknown
+    or newer format, a checksum mismatch, or weights that do not fit the configured network.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from emovox.models import EmotionNet
+
+    meta = read_meta(path)
+    bundle = Path(meta["path"])
+    weights = verify_checksum(bundle, meta, WEIGHTS_FILE)
+    try:
+        net = EmotionNet.from_config(meta["model"])
+    except (EmovoxError, KeyError, TypeError, ValueError) as exc:
+        raise BundleError(f"{bundle / CONFIG_FILE}: cannot build the model it describes ({exc})") from None
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise BundleError(f"{weights}: not a readable safetensors file ({exc})") from None
+    _check_state(bundle, net.state_dict(), state)
+    net.load_state_dict(state, strict=True)
+    net.eval()
+    return net, meta
+
+
+def _check_state(bundle: Path, expected: Mapping[str, Any], found: Mapping[str, Any]) -> None:
+    """Explain, by tensor name, how stored weights differ from what the configured network needs."""
+    problems = []
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    if missing:
+        problems.append(f"missing tensors {_some(missing)}")
+    if unexpected:
+        problems.append(f"unexpected tensors {_some(unexpected)}")
+    shapes = [
+        f"{k} {tuple(found[k].shape)} (expected {tuple(expected[k].shape)})"
+        for k in sorted(set(expected) & set(found))
+        if tuple(found[k].shape) != tuple(expected[k].shape)
+    ]
+    if shapes:
+        problems.append(f"shape mismatch for {_some(shapes)}")
+    if problems:
+        raise BundleError(
+            f"{bundle / WEIGHTS_FILE}: weights do not match the model in config.json: " + "; ".join(problems)
+        )
+
+
+def _some(items: list[str], limit: int = 5) -> str:
+    more = f" and {len(items) - limit} more" if len(items) > limit else ""
+    return ", ".join(items[:limit]) + more
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise BundleError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{path}: cannot be read ({exc})") from None
+
+
+def update_config(bundle: Path, changes: Mapping[str, Any]) -> None:
+    """Merge top-level ``changes`` into a bundle's config.json, atomically (used to register model.onnx)."""
+    config = _read_json(bundle / CONFIG_FILE)
+    for key, value in changes.items():
+        if isinstance(value, Mapping) and isinstance(config.get(key), dict):
+            config[key].update(value)
+        else:
+            config[key] = value
+    tmp = bundle / f".{CONFIG_FILE}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        _write_text(tmp, json.dumps(config, indent=2) + "\n")
+        os.replace(tmp, bundle / CONFIG_FILE)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync(bundle)
+
+
+__all__ = [
+    "DEFAULT_BUNDLE",
+    "FORMAT_VERSION",
+    "ModelCard",
+    "load_bundle",
+    "read_meta",
+    "render_card",
+    "save_bundle",
+    "verify_checksum",
+]

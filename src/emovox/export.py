@@ -1,0 +1,201 @@
+"""ONNX export of a whole :class:`~emovox.models.EmotionNet`: waveform -> probabilities.
+
+The exported graph takes ``wave`` (float32 ``[batch, time]``, zero padded, 16 kHz) and
+``lengths`` (int64 ``[batch]``, samples) and returns ``probabilities`` (``[batch, labels]``, softmax
+included), with dynamic batch and time axes, so onnxruntime alone reproduces the PyTorch model:
+feature extraction, normaliser and backbone. Every export is verified: onnxruntime and PyTorch
+must agree to ``atol`` (1e-4 by default) on real or synthetic clips, padded batch included, or
+:class:`ExportError` is raised and nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import shutil
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from emovox.bundle import ONNX_FILE, load_bundle, sha256_file, update_config
+from emovox.errors import EmovoxError
+
+if TYPE_CHECKING:
+    import torch
+
+    from emovox.models import EmotionNet
+
+DEFAULT_OPSET = 17
+INPUT_NAMES = ("wave", "lengths")
+OUTPUT_NAME = "probabilities"
+
+
+class ExportError(EmovoxError):
+    """The model could not be exported to ONNX, or the export does not reproduce PyTorch."""
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """Where the ONNX model went and how closely onnxruntime matched PyTorch on the check clips."""
+
+    path: Path
+    opset: int
+    max_abs_diff: float
+    n_check_clips: int
+
+
+def _probability_model(net: EmotionNet) -> torch.nn.Module:
+    import torch
+
+    class Probabilities(torch.nn.Module):
+        """EmotionNet followed by softmax, the graph that is exported."""
+
+        def __init__(self, inner: EmotionNet) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, wave: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+            return torch.softmax(self.inner(wave, lengths), dim=-1)
+
+    return Probabilities(net).eval()
+
+
+def synthetic_clips(sr: int = 16_000) -> list[np.ndarray]:
+    """Three speech-like check clips of different lengths (harmonic voice, vibrato, syllables, noise)."""
+    rng = np.random.default_rng(0)
+    clips = []
+    for seconds, f0 in ((3.0, 120.0), (1.7, 210.0), (0.9, 160.0)):
+        t = np.arange(int(seconds * sr)) / sr
+        phase = 2 * np.pi * np.cumsum(f0 * (1 + 0.05 * np.sin(2 * np.pi * 3 * t))) / sr
+        voiced = sum(np.sin(k * phase) / k for k in range(1, 12))
+        envelope = 0.5 * (1 - np.cos(2 * np.pi * 4 * t))
+        clips.append((0.3 * voiced * envelope + 0.005 * rng.standard_normal(t.size)).astype(np.float32))
+    return clips
+
+
+def _pad(waves: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    lengths = np.array([w.size for w in waves], dtype=np.int64)
+    batch = np.zeros((len(waves), int(lengths.max())), dtype=np.float32)
+    for i, w in enumerate(waves):
+        batch[i, : w.size] = w
+    return batch, lengths
+
+
+def export_onnx(
+    net: EmotionNet,
+    out: str | Path,
+    *,
+    opset: int = DEFAULT_OPSET,
+    check_waves: Sequence[np.ndarray] | None = None,
+    atol: float = 1e-4,
+) -> ExportResult:
+    """Export ``net`` (waveform + lengths -> probabilities) to ``out`` and verify it with onnxruntime.
+
+    ``check_waves`` are 16 kHz clips to compare on (default: :func:`synthetic_clips`); each is run
+    alone and all together as one padded batch. The file is written beside ``out`` and moved into
+    place only after it passed the check.
+    """
+    import torch
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    clips = list(check_waves) if check_waves else synthetic_clips()
+    model = _probability_model(net.cpu().eval())
+    tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        example = _pad(synthetic_clips()[:2])
+        batch, time = torch.export.Dim("batch", min=1), torch.export.Dim("time", min=1024)
+        try:
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                program = torch.onnx.export(
+                    model,
+                    (torch.from_numpy(example[0]), torch.from_numpy(example[1])),
+                    dynamo=True,
+                    opset_version=opset,
+                    input_names=list(INPUT_NAMES),
+                    output_names=[OUTPUT_NAME],
+                    dynamic_shapes={"wave": {0: batch, 1: time}, "lengths": {0: batch}},
+                    external_data=False,
+                    verbose=False,
+                )
+                program.save(str(tmp))
+        except Exception as exc:  # the exporter raises many internal error types
+            raise ExportError(
+                f"ONNX export of the {net.family} model failed: {str(exc).splitlines()[0]}"
+            ) from exc
+        diff = verify_onnx(model, tmp, clips, atol=atol)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return ExportResult(path=out, opset=opset, max_abs_diff=diff, n_check_clips=len(clips))
+
+
+def verify_onnx(
+    model: torch.nn.Module, onnx_path: Path, clips: Sequence[np.ndarray], *, atol: float = 1e-4
+) -> float:
+    """Max abs difference between onnxruntime and PyTorch probabilities over ``clips`` (singly and
+    as a padded batch); raises :class:`ExportError` if it exceeds ``atol``."""
+    import onnxruntime as ort
+    import torch
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    cases = [_pad([c]) for c in clips] + ([_pad(clips)] if len(clips) > 1 else [])
+    worst = 0.0
+    for batch, lengths in cases:
+        with torch.inference_mode():
+            expected = model(torch.from_numpy(batch), torch.from_numpy(lengths)).numpy()
+        got = session.run([OUTPUT_NAME], {"wave": batch, "lengths": lengths})[0]
+        worst = max(worst, float(np.abs(got - expected).max()))
+    if not worst <= atol:
+        raise ExportError(
+            f"{onnx_path.name}: onnxruntime output differs from PyTorch by up to {worst:.2e} "
+            f"(allowed {atol:g}); the export is not faithful and was discarded"
+        )
+    return worst
+
+
+def export_bundle(
+    bundle: str | Path,
+    out: str | Path | None = None,
+    *,
+    into_bundle: bool = True,
+    opset: int = DEFAULT_OPSET,
+    check_waves: Sequence[np.ndarray] | None = None,
+    atol: float = 1e-4,
+) -> list[ExportResult]:
+    """Export a bundle's model to ``out`` and/or into the bundle as ``model.onnx``.
+
+    Storing it in the bundle records its sha256 in config.json, which lets
+    ``Recognizer.load(bundle, backend="onnx")`` run without PyTorch model code.
+    """
+    if out is None and not into_bundle:
+        raise ExportError("nothing to do: give an output path or store the model in the bundle")
+    net, meta = load_bundle(bundle)
+    bundle_dir = Path(meta["path"])
+    results = []
+    if into_bundle:
+        result = export_onnx(net, bundle_dir / ONNX_FILE, opset=opset, check_waves=check_waves, atol=atol)
+        update_config(
+            bundle_dir,
+            {
+                "sha256": {ONNX_FILE: sha256_file(result.path)},
+                "onnx": {"file": ONNX_FILE, "opset": opset, "max_abs_diff": result.max_abs_diff},
+            },
+        )
+        results.append(result)
+    if out is not None:
+        if results:
+            Path(out).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(results[0].path, out)
+            results.append(ExportResult(Path(out), opset, results[0].max_abs_diff, results[0].n_check_clips))
+        else:
+            results.append(export_onnx(net, out, opset=opset, check_waves=check_waves, atol=atol))
+    return results
+
+
+__all__ = ["ExportError", "ExportResult", "export_bundle", "export_onnx", "synthetic_clips", "verify_onnx"]
