@@ -151,6 +151,7 @@ def save_bundle(
         _write_text(tmp / CARD_FILE, render_card(config, metrics_json, model_card))
         _write_text(tmp / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
         _fsync(tmp / WEIGHTS_FILE)
+        _publish_modes(tmp)
         _fsync(tmp)
         _swap_in(tmp, target)
     except BaseException:
@@ -179,6 +180,28 @@ def _swap_in(tmp: Path, target: Path) -> None:
     _fsync(target.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _umask() -> int:
+    """The process umask (read from /proc where possible, so the process-wide value is never changed)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _publish_modes(folder: Path) -> None:
+    """Give the bundle ordinary permissions (``mkdtemp`` makes the folder 0700 and safetensors writes
+    0600), so a bundle installed for several users, like the shipped default model, is readable."""
+    mask = _umask()
+    os.chmod(folder, 0o777 & ~mask)
+    for file in folder.iterdir():
+        os.chmod(file, 0o666 & ~mask)
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -356,17 +379,21 @@ def _scores(metrics: Mapping[str, Any]) -> str:
 
 
 def resolve_bundle(path: str | Path) -> Path:
-    """``"default"`` -> the shipped bundle; anything else -> that folder. Raises if it is not there."""
+    """``"default"`` -> the shipped bundle; a run folder -> its ``model/`` bundle; anything else ->
+    that folder. Raises :class:`BundleError` if there is no bundle there."""
     if str(path) == "default":
         if not (DEFAULT_BUNDLE / CONFIG_FILE).is_file():
             raise BundleError(
-                f"the default model is not installed (expected a bundle at {DEFAULT_BUNDLE}); "
-                "pass --model PATH to a bundle written by `emovox train`"
+                f"the default model is not installed (no bundle at {DEFAULT_BUNDLE}). Train one with "
+                "`emovox train --config CONFIG.yaml` and pass its bundle with --model runs/<run>/model "
+                "(Python: Recognizer.load('runs/<run>/model'))"
             )
         return DEFAULT_BUNDLE
     bundle = Path(path)
     if not bundle.exists():
         raise BundleError(f"{bundle}: model bundle not found")
+    if bundle.is_dir() and not (bundle / CONFIG_FILE).exists() and (bundle / "model" / CONFIG_FILE).is_file():
+        return bundle / "model"  # a run directory: its bundle is model/
     if not bundle.is_dir():
         raise BundleError(
             f"{bundle}: a model bundle is a folder (with {', '.join(REQUIRED_FILES)}), not a file"

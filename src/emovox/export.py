@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
 import shutil
 import uuid
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,16 +25,23 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from emovox.bundle import ONNX_FILE, load_bundle, sha256_file, update_config
-from emovox.errors import EmovoxError
+from emovox.errors import AudioError, EmovoxError
 
 if TYPE_CHECKING:
     import torch
 
     from emovox.models import EmotionNet
 
-DEFAULT_OPSET = 17
+# 18 is the oldest opset torch's exporter implements; asking for less makes it convert afterwards.
+DEFAULT_OPSET = 18
 INPUT_NAMES = ("wave", "lengths")
 OUTPUT_NAME = "probabilities"
+# Length (samples) of the two clips the graph is traced with. Short, because torch.export unrolls
+# recurrent layers over the example's frames while tracing (a 3 s example makes a crnn export take
+# minutes); the axes stay dynamic and every export is verified on whole clips afterwards.
+TRACE_SAMPLES = (4800, 4000)
+#: The repository's example clips (RAVDESS, 16 kHz FLAC) used to verify exports when present.
+EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "examples"
 
 
 class ExportError(EmovoxError):
@@ -45,6 +54,7 @@ class ExportResult:
 
     path: Path
     opset: int
+    """The opset of the written model (what the exporter produced, not only what was asked)."""
     max_abs_diff: float
     n_check_clips: int
 
@@ -78,6 +88,50 @@ def synthetic_clips(sr: int = 16_000) -> list[np.ndarray]:
     return clips
 
 
+def default_check_waves() -> tuple[list[np.ndarray], str]:
+    """Clips to verify an export on, and what they are: the repository's ``examples/*.flac`` (real
+    speech) when this is a source checkout, else :func:`synthetic_clips`."""
+    from emovox.audio import load_audio
+
+    paths = sorted(EXAMPLES_DIR.glob("*.flac")) if EXAMPLES_DIR.is_dir() else []
+    waves = []
+    for path in paths:
+        try:
+            waves.append(load_audio(path))
+        except AudioError:
+            continue
+    if waves:
+        return waves, f"{len(waves)} example clips ({EXAMPLES_DIR}/*.flac)"
+    clips = synthetic_clips()
+    return clips, f"{len(clips)} synthetic speech-like clips"
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """Silence torch.onnx's progress prints, log lines and warnings (they are not the user's business;
+    a failure still raises)."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with (
+            contextlib.redirect_stdout(io.StringIO()),
+            contextlib.redirect_stderr(io.StringIO()),
+            warnings.catch_warnings(),
+        ):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def _written_opset(path: Path, asked: int) -> int:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return next((int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx")), asked)
+
+
 def _pad(waves: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     lengths = np.array([w.size for w in waves], dtype=np.int64)
     batch = np.zeros((len(waves), int(lengths.max())), dtype=np.float32)
@@ -98,20 +152,28 @@ def export_onnx(
 
     ``check_waves`` are 16 kHz clips to compare on (default: :func:`synthetic_clips`); each is run
     alone and all together as one padded batch. The file is written beside ``out`` and moved into
-    place only after it passed the check.
+    place only after it passed the check. ``net`` is moved to the CPU and put in eval mode.
     """
     import torch
 
+    try:
+        import onnxscript  # noqa: F401  (torch's ONNX exporter needs it)
+    except ImportError:
+        raise ExportError("ONNX export needs the onnxscript package: pip install onnxscript") from None
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ExportError(f"{out}: cannot create its folder ({exc.strerror or exc})") from None
     clips = list(check_waves) if check_waves else synthetic_clips()
     model = _probability_model(net.cpu().eval())
     tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
-        example = _pad(synthetic_clips()[:2])
+        trace = synthetic_clips()[:2]
+        example = _pad([clip[:n] for clip, n in zip(trace, TRACE_SAMPLES, strict=True)])
         batch, time = torch.export.Dim("batch", min=1), torch.export.Dim("time", min=1024)
         try:
-            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            with _quiet_exporter():
                 program = torch.onnx.export(
                     model,
                     (torch.from_numpy(example[0]), torch.from_numpy(example[1])),
@@ -124,15 +186,20 @@ def export_onnx(
                     verbose=False,
                 )
                 program.save(str(tmp))
+        except OSError as exc:
+            raise ExportError(f"{out}: cannot write the ONNX model ({exc.strerror or exc})") from None
         except Exception as exc:  # the exporter raises many internal error types
-            raise ExportError(
-                f"ONNX export of the {net.family} model failed: {str(exc).splitlines()[0]}"
-            ) from exc
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ExportError(f"ONNX export of the {net.family} model failed: {first}") from exc
         diff = verify_onnx(model, tmp, clips, atol=atol)
-        os.replace(tmp, out)
+        written = _written_opset(tmp, opset)
+        try:
+            os.replace(tmp, out)
+        except OSError as exc:
+            raise ExportError(f"{out}: cannot write the ONNX model ({exc.strerror or exc})") from None
     finally:
         tmp.unlink(missing_ok=True)
-    return ExportResult(path=out, opset=opset, max_abs_diff=diff, n_check_clips=len(clips))
+    return ExportResult(path=out, opset=written, max_abs_diff=diff, n_check_clips=len(clips))
 
 
 def verify_onnx(
@@ -143,7 +210,11 @@ def verify_onnx(
     import onnxruntime as ort
     import torch
 
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    try:
+        session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own exception types
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ExportError(f"{onnx_path.name}: onnxruntime cannot load the exported model ({first})") from exc
     cases = [_pad([c]) for c in clips] + ([_pad(clips)] if len(clips) > 1 else [])
     worst = 0.0
     for batch, lengths in cases:
@@ -180,22 +251,37 @@ def export_bundle(
     results = []
     if into_bundle:
         result = export_onnx(net, bundle_dir / ONNX_FILE, opset=opset, check_waves=check_waves, atol=atol)
-        update_config(
-            bundle_dir,
-            {
-                "sha256": {ONNX_FILE: sha256_file(result.path)},
-                "onnx": {"file": ONNX_FILE, "opset": opset, "max_abs_diff": result.max_abs_diff},
-            },
-        )
+        try:
+            update_config(
+                bundle_dir,
+                {
+                    "sha256": {ONNX_FILE: sha256_file(result.path)},
+                    "onnx": {"file": ONNX_FILE, "opset": result.opset, "max_abs_diff": result.max_abs_diff},
+                },
+            )
+        except OSError as exc:
+            raise ExportError(f"{bundle_dir}: cannot update config.json ({exc.strerror or exc})") from None
         results.append(result)
     if out is not None:
         if results:
-            Path(out).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(results[0].path, out)
-            results.append(ExportResult(Path(out), opset, results[0].max_abs_diff, results[0].n_check_clips))
+            try:
+                Path(out).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(results[0].path, out)
+            except OSError as exc:
+                raise ExportError(f"{out}: cannot write the ONNX model ({exc.strerror or exc})") from None
+            first = results[0]
+            results.append(ExportResult(Path(out), first.opset, first.max_abs_diff, first.n_check_clips))
         else:
             results.append(export_onnx(net, out, opset=opset, check_waves=check_waves, atol=atol))
     return results
 
 
-__all__ = ["ExportError", "ExportResult", "export_bundle", "export_onnx", "synthetic_clips", "verify_onnx"]
+__all__ = [
+    "ExportError",
+    "ExportResult",
+    "default_check_waves",
+    "export_bundle",
+    "export_onnx",
+    "synthetic_clips",
+    "verify_onnx",
+]

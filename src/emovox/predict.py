@@ -19,6 +19,7 @@ import os
 import threading
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from numbers import Integral
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
@@ -174,6 +175,7 @@ class Recognizer:
         ``sr`` is the sample rate of NumPy array inputs. Raises :class:`AudioError` naming the input
         that cannot be used (for lists: the first one).
         """
+        _check_top_k(top_k)
         items = x if isinstance(x, list) else [x]
         waves, durations, paths = [], [], []
         for item in items:
@@ -196,6 +198,7 @@ class Recognizer:
         top_k: int | None = None,
     ) -> list[Prediction]:
         """Predictions for already preprocessed 16 kHz waves (what :meth:`preprocess` returns)."""
+        _check_top_k(top_k)
         probs = self.predict_proba(waves)
         durations = durations if durations is not None else [w.size / self.sample_rate for w in waves]
         paths = paths if paths is not None else [None] * len(waves)
@@ -236,8 +239,7 @@ class Recognizer:
     def _prediction(
         self, probs: np.ndarray, duration: float, path: str | None, top_k: int | None
     ) -> Prediction:
-        if top_k is not None and top_k < 1:
-            raise ConfigError(f"top_k must be at least 1, got {top_k}")
+        _check_top_k(top_k)
         order = np.argsort(-probs, kind="stable")[: top_k or None]
         best = int(order[0])
         return Prediction(
@@ -302,6 +304,11 @@ class Recognizer:
                 )
             )
         return segments
+
+
+def _check_top_k(top_k: int | None) -> None:
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, Integral) or top_k < 1):
+        raise ConfigError(f"top_k must be a whole number of at least 1, got {top_k!r}")
 
 
 def _name(item: Any) -> str:
