@@ -23,6 +23,14 @@ def _corpus_dir(name: str) -> Path:
     return path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _feature_cache_in_tmp(tmp_path_factory: pytest.TempPathFactory):
+    """Keep the on-disk feature cache (training, cached_features) out of the user's home during tests."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("EMOVOX_CACHE", str(tmp_path_factory.mktemp("feature-cache")))
+        yield
+
+
 @pytest.fixture(scope="session")
 def ravdess_dir() -> Path:
     return _corpus_dir("ravdess")

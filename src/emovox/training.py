@@ -3,9 +3,13 @@
 :func:`fit` trains one model on ``train`` utterances, selects/early-stops on ``val`` utterances
 (speakers disjoint from training, chosen by the caller with
 :func:`emovox.splits.validation_speakers`) and returns a classifier loaded from the best
-checkpoint. Features are computed inside the training step, on whatever device the batch is on, so
-a GPU run extracts features on the GPU and the waveform -> logits network that is trained is the
-exact one that is bundled, exported and served.
+checkpoint. The waveform -> logits network that is trained is the exact one that is bundled,
+exported and served. With waveform augmentation on, features are computed inside the training step
+(on whatever device the batch is on, so a GPU run extracts them on the GPU). Without it the frame
+features are deterministic, so they are extracted once per clip through the on-disk feature cache
+(:func:`emovox.cache.cached_features`, keyed by audio content and feature parameters) and the
+training step only crops, normalises and runs the backbone: every epoch after the first, and every
+later fold or run over the same clips, skips the front end.
 
 Recipe: random crops of ``data.max_seconds`` from each training clip every epoch (whole clips at
 validation), waveform augmentation in the dataset, SpecAugment on the normalised features,
@@ -171,6 +175,42 @@ def collate(batch: Sequence[tuple[np.ndarray, int]]) -> tuple[torch.Tensor, torc
     return wave, lengths, torch.tensor([t for _, t in batch], dtype=torch.int64)
 
 
+class FeatureDataset(Dataset):
+    """Precomputed frame features ``[C, F_i]`` and class indices; training items get a random crop.
+
+    ``crop`` is in frames: the feature-domain equivalent of cropping the waveform (it differs from
+    features of a cropped waveform only in the centred frames at the crop's two edges).
+    """
+
+    def __init__(
+        self, feats: Sequence[np.ndarray], targets: Sequence[int], *, crop: int | None = None
+    ) -> None:
+        self.feats = list(feats)
+        self.targets = list(targets)
+        self.crop = crop
+
+    def __len__(self) -> int:
+        return len(self.feats)
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, int]:
+        x = self.feats[i]
+        if self.crop is not None and x.shape[1] > self.crop:
+            start = int(torch.randint(0, x.shape[1] - self.crop + 1, (1,)))
+            x = x[:, start : start + self.crop]
+        return x, self.targets[i]
+
+
+def collate_features(
+    batch: Sequence[tuple[np.ndarray, int]],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Zero-pad ``(feats [C, F_i], target)`` items into ``(feats [B, C, F], frames [B], targets [B])``."""
+    frames = torch.tensor([x.shape[1] for x, _ in batch], dtype=torch.int64)
+    out = torch.zeros(len(batch), batch[0][0].shape[0], int(frames.max()), dtype=torch.float32)
+    for i, (x, _) in enumerate(batch):
+        out[i, :, : x.shape[1]] = torch.from_numpy(np.asarray(x, dtype=np.float32))
+    return out, frames, torch.tensor([t for _, t in batch], dtype=torch.int64)
+
+
 @torch.inference_mode()
 def normalization_stats(
     net: EmotionNet, waves: Sequence[np.ndarray], *, batch_size: int = 32, device: torch.device | str = "cpu"
@@ -241,10 +281,16 @@ def _make_module(
             self.train_loss = MeanMetric()
             self.history: list[dict[str, float]] = []
 
-        def _inputs(self, wave: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        def _inputs(self, batch: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            """Normalised backbone inputs from waveforms ``[B, T]`` or precomputed features ``[B, C, F]``."""
             # features in float32 even under mixed precision: log-power in fp16 loses the quiet frames
             with torch.autocast(device_type=self.device.type, enabled=False):
-                return self.net.inputs(wave.float(), lengths)
+                if batch.dim() == 2:
+                    return self.net.inputs(batch.float(), lengths)
+                x = batch.float()
+                if self.net.pooled:
+                    x = pool_stats(x, lengths, self.net.feature_cfg.stats)
+                return self.net.normalize(x, lengths), lengths
 
         def _loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
             return nnf.cross_entropy(
@@ -433,13 +479,25 @@ def _fit_torch(
         )
 
     crop = int(cfg.data.max_seconds * cfg.features.sample_rate) if cfg.data.max_seconds else None
-    augment = WaveAugment(cfg.augment, cfg.features.sample_rate) if cfg.augment.wave_enabled else None
-    train_ds = WaveDataset(train_waves, train_y, crop=crop, augment=augment)
+    if cfg.augment.wave_enabled:
+        augment = WaveAugment(cfg.augment, cfg.features.sample_rate)
+        train_ds: Dataset = WaveDataset(train_waves, train_y, crop=crop, augment=augment)
+        batches = collate
+    else:  # deterministic front end: extract once (disk cache), train on feature crops
+        from emovox.cache import cached_features
+
+        net.extractor.to(device)
+        feats = cached_features([*train_waves, *val_waves], net.extractor, progress=progress)
+        net.extractor.cpu()
+        train_feats, val_feats = feats[: len(train_waves)], feats[len(train_waves) :]
+        frames = None if crop is None else 1 + crop // cfg.features.hop_length
+        train_ds = FeatureDataset(train_feats, train_y, crop=frames)
+        batches = collate_features
     drop_last = len(train_ds) > tcfg.batch_size
     steps_per_epoch = len(train_ds) // tcfg.batch_size if drop_last else 1
     loader_args: dict[str, Any] = {
         "batch_size": tcfg.batch_size,
-        "collate_fn": collate,
+        "collate_fn": batches,
         "num_workers": tcfg.num_workers,
         "persistent_workers": tcfg.num_workers > 0,
         "pin_memory": device == "cuda",
@@ -448,7 +506,10 @@ def _fit_torch(
     val_loader = None
     if val_waves:
         order = np.argsort([w.size for w in val_waves], kind="stable")
-        val_ds = WaveDataset([val_waves[i] for i in order], [val_y[i] for i in order])
+        if cfg.augment.wave_enabled:
+            val_ds: Dataset = WaveDataset([val_waves[i] for i in order], [val_y[i] for i in order])
+        else:
+            val_ds = FeatureDataset([val_feats[i] for i in order], [val_y[i] for i in order])
         val_loader = DataLoader(val_ds, shuffle=False, **loader_args)
 
     module = _make_module(net, cfg, class_weights, steps_per_epoch)
