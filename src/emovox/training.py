@@ -21,7 +21,10 @@ early stopping on it.
 from __future__ import annotations
 
 import json
+import logging
 import math
+import signal
+import threading
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -62,6 +65,16 @@ class FitResult:
     best_val_ua: float
     history: list[dict[str, float]] = field(default_factory=list)
     checkpoint: Path | None = None
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during :func:`fit`: ``checkpoint`` (``checkpoints/last.ckpt``) holds the state to resume
+    from with ``fit(..., resume=True)`` (``emovox train --resume RUN_DIR``); None if nothing was saved."""
+
+    def __init__(self, run_dir: Path, checkpoint: Path | None) -> None:
+        super().__init__(f"training interrupted; resumable checkpoint: {checkpoint}")
+        self.run_dir = run_dir
+        self.checkpoint = checkpoint
 
 
 # --------------------------------------------------------------------------- classifiers
@@ -358,8 +371,11 @@ def _make_module(
             params = [p for p in self.net.parameters() if p.requires_grad]
             opt_cls = torch.optim.AdamW if tcfg.optimizer == "adamw" else torch.optim.Adam
             optimizer = opt_cls(params, lr=tcfg.lr, weight_decay=tcfg.weight_decay)
-            total = max(1, tcfg.epochs * steps_per_epoch)
-            warmup = min(total - 1, int(round(tcfg.warmup_epochs * steps_per_epoch)))
+            # optimiser steps of this process (DDP shards batches; Lightning knows the real count)
+            estimated = float(self.trainer.estimated_stepping_batches)
+            total = max(1, int(estimated) if math.isfinite(estimated) else tcfg.epochs * steps_per_epoch)
+            per_epoch = total / max(1, tcfg.epochs)
+            warmup = min(total - 1, int(round(tcfg.warmup_epochs * per_epoch)))
             if tcfg.scheduler == "none":
                 return optimizer
             if tcfg.scheduler == "onecycle":
@@ -411,13 +427,18 @@ def fit(
     waves: Mapping[Path, np.ndarray] | None = None,
     resume: bool = False,
     progress: bool = True,
+    callbacks: Sequence[Any] = (),
 ) -> FitResult:
     """Train ``cfg.model.family`` on ``train``, select on ``val``; write checkpoints and logs to ``run_dir``.
 
     ``waves`` maps ``Utterance.path`` to decoded audio (loaded here, once, when None). ``resume``
     continues from ``run_dir/checkpoints/last.ckpt``. Utterances whose audio could not be loaded,
     and validation utterances of an emotion absent from training, are left out. Returns the model
-    loaded from the best checkpoint (the last one when ``val`` is empty).
+    loaded from the best checkpoint (the last one when ``val`` is empty). ``callbacks`` are extra
+    Lightning callbacks (neural families only).
+
+    Ctrl-C saves the training state to ``checkpoints/last.ckpt`` and raises
+    :class:`TrainingInterrupted` (a ``KeyboardInterrupt``); ``resume=True`` continues from it.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -437,7 +458,16 @@ def fit(
     if cfg.model.family == "svm":
         return _fit_svm(cfg, labels, train_waves, train_y, val_waves, val_y, run_dir, progress=progress)
     return _fit_torch(
-        cfg, labels, train_waves, train_y, val_waves, val_y, run_dir, resume=resume, progress=progress
+        cfg,
+        labels,
+        train_waves,
+        train_y,
+        val_waves,
+        val_y,
+        run_dir,
+        resume=resume,
+        progress=progress,
+        callbacks=callbacks,
     )
 
 
@@ -452,8 +482,10 @@ def _fit_torch(
     *,
     resume: bool,
     progress: bool,
+    callbacks: Sequence[Any] = (),
 ) -> FitResult:
     L = _lightning()
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar
     from lightning.pytorch.loggers import CSVLogger
 
@@ -519,11 +551,11 @@ def _fit_torch(
         )
     else:
         checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="best", save_top_k=1, save_last=True)
-    callbacks: list[Any] = [checkpoint]
+    all_callbacks: list[Any] = [checkpoint, _save_on_interrupt(last), *callbacks]
     if val_loader is not None and tcfg.patience:
-        callbacks.append(EarlyStopping(monitor="val_ua", mode="max", patience=tcfg.patience))
+        all_callbacks.append(EarlyStopping(monitor="val_ua", mode="max", patience=tcfg.patience))
     if progress:
-        callbacks.append(RichProgressBar(leave=True))
+        all_callbacks.append(RichProgressBar(leave=True))
     loggers: list[Any] = [CSVLogger(save_dir=run_dir, name="logs", version="")]
     try:
         import tensorboard  # noqa: F401
@@ -533,6 +565,7 @@ def _fit_torch(
     except ImportError:
         pass
 
+    _quiet_lightning()
     try:
         trainer = L.Trainer(
             max_epochs=tcfg.epochs,
@@ -540,7 +573,7 @@ def _fit_torch(
             devices=tcfg.devices,
             strategy=tcfg.strategy,
             precision=tcfg.precision,
-            callbacks=callbacks,
+            callbacks=all_callbacks,
             logger=loggers,
             gradient_clip_val=tcfg.grad_clip,
             num_sanity_val_steps=0,
@@ -549,16 +582,31 @@ def _fit_torch(
             enable_progress_bar=progress,
             default_root_dir=run_dir,
         )
-    except (ValueError, RuntimeError, TypeError) as exc:
+    except (ValueError, RuntimeError, TypeError, MisconfigurationException) as exc:
         raise ConfigError(
             f"train.accelerator/devices/strategy/precision: Lightning rejected "
-            f"{tcfg.accelerator!r}/{tcfg.devices!r}/{tcfg.strategy!r}/{tcfg.precision!r}: {exc}"
+            f"{tcfg.accelerator!r}/{tcfg.devices!r}/{tcfg.strategy!r}/{tcfg.precision!r}: "
+            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
         ) from None
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-        warnings.filterwarnings("ignore", message=".*number of training batches.*")
-        warnings.filterwarnings("ignore", message=".*LeafSpec.*")
-        trainer.fit(module, train_loader, val_loader, ckpt_path=str(last) if resume else None)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    sigint = signal.getsignal(signal.SIGINT) if in_main_thread else None
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+            warnings.filterwarnings("ignore", message=".*number of training batches.*")
+            warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+            warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before.*")
+            trainer.fit(module, train_loader, val_loader, ckpt_path=str(last) if resume else None)
+    except SystemExit:
+        # Lightning turns Ctrl-C into on_exception callbacks (see _SaveOnInterrupt) + sys.exit(1)
+        if trainer.interrupted:
+            raise TrainingInterrupted(run_dir, last if last.is_file() else None) from None
+        raise
+    except KeyboardInterrupt:
+        raise TrainingInterrupted(run_dir, last if last.is_file() else None) from None
+    finally:
+        if in_main_thread and sigint is not None:
+            signal.signal(signal.SIGINT, sigint)  # Lightning leaves Ctrl-C ignored after an interrupt
 
     best_path = (
         Path(checkpoint.best_model_path) if val_loader is not None and checkpoint.best_model_path else None
@@ -567,7 +615,8 @@ def _fit_torch(
     state = torch.load(chosen, map_location="cpu", weights_only=True)
     module.load_state_dict(state["state_dict"])
     history = [dict(h) for h in module.history]
-    (run_dir / "history.json").write_text(json.dumps(history, indent=2))
+    if trainer.is_global_zero:
+        (run_dir / "history.json").write_text(json.dumps(history, indent=2))
     best_ua = (
         float(checkpoint.best_model_score)
         if best_path and checkpoint.best_model_score is not None
@@ -579,6 +628,43 @@ def _fit_torch(
         history=history,
         checkpoint=chosen,
     )
+
+
+def _quiet_lightning() -> None:
+    """Drop Lightning's per-run info lines (hardware summary, tips); warnings and errors still show."""
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _save_on_interrupt(path: Path) -> Any:
+    """A Lightning callback that saves the whole training state to ``path`` when Ctrl-C stops a fit."""
+    L = _lightning()
+
+    class SaveOnInterrupt(L.pytorch.Callback):
+        """On Ctrl-C, write the full training state to ``last.ckpt`` so ``resume`` continues from here.
+
+        Without it an interrupt mid-epoch would lose everything since the last epoch end (or the
+        whole run during the first epoch). Multi-process runs keep their epoch-end ``last.ckpt``:
+        saving is collective there and the other processes are being torn down.
+        """
+
+        def __init__(self, path: Path) -> None:
+            self.path = path
+
+        def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+            if not isinstance(exception, KeyboardInterrupt) or trainer.world_size > 1:
+                return
+            if trainer.global_step == 0 and trainer.current_epoch == 0:
+                return  # nothing trained yet: keep whatever last.ckpt there is
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            trainer.save_checkpoint(self.path)
+
+    return SaveOnInterrupt(path)
+
+
+def _ignore_probability_deprecation() -> None:
+    """scikit-learn 1.9 deprecates SVC's ``probability`` argument (Platt scaling still works until 1.11)."""
+    warnings.filterwarnings("ignore", message=".*`probability` parameter", category=FutureWarning)
 
 
 def _fit_svm(
@@ -617,7 +703,9 @@ def _fit_svm(
     if val_waves:
         x_val = svm_features(val_waves, params["features"], cfg.features, progress=progress)
         for c in grid:
-            pred = make(c, False).fit(x_train, train_y).predict(x_val)
+            with warnings.catch_warnings():
+                _ignore_probability_deprecation()
+                pred = make(c, False).fit(x_train, train_y).predict(x_val)
             scores[c] = float(balanced_accuracy_score(val_y, pred))
         best_c = max(grid, key=lambda c: (scores[c], -abs(math.log10(c))))
     elif len(grid) == 1:
@@ -627,7 +715,9 @@ def _fit_svm(
             "model.params.C: choosing C among several values needs validation speakers "
             "(train.val_fraction > 0); give a single C"
         )
-    pipeline = make(best_c, True).fit(x_train, train_y)
+    with warnings.catch_warnings():
+        _ignore_probability_deprecation()
+        pipeline = make(best_c, True).fit(x_train, train_y)
     (run_dir / "model_selection.json").write_text(
         json.dumps({"C": best_c, "val_ua_by_C": {str(c): s for c, s in scores.items()}}, indent=2)
     )
