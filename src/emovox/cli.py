@@ -397,6 +397,247 @@ def cv(
 # --------------------------------------------------------------------------- predict / export
 # (owned by emovox.predict / emovox.bundle / emovox.export)
 
+PREDICT_CHUNK = 32  # files decoded and classified together: bounded memory, --json streams per chunk
+
+
+def _expand_audio_inputs(inputs: list[Path]) -> tuple[list[Path], list[str], list[Path]]:
+    """Files to predict on: files as given, folders walked recursively (sorted) for audio files.
+
+    Returns ``(files, problems, empty_folders)``: ``problems`` are one-line messages for inputs
+    that do not exist.
+    """
+    from emovox.audio import is_audio_file
+
+    files: list[Path] = []
+    problems: list[str] = []
+    empty: list[Path] = []
+    for item in inputs:
+        if item.is_dir():
+            found = sorted(p for p in item.rglob("*") if is_audio_file(p))
+            if not found:
+                empty.append(item)
+            files.extend(found)
+        elif item.exists():
+            files.append(item)
+        else:
+            problems.append(f"{item}: file not found")
+    return list(dict.fromkeys(files)), problems, empty
+
+
+def _prediction_record(prediction: Any, segments: list[Any] | None) -> dict[str, Any]:
+    """The JSON object ``emovox predict --json`` prints for one file."""
+    record: dict[str, Any] = {
+        "path": prediction.path,
+        "emotion": prediction.emotion,
+        "confidence": round(prediction.confidence, 6),
+        "probabilities": {k: round(v, 6) for k, v in prediction.probabilities.items()},
+        "duration": prediction.duration,
+    }
+    if segments is not None:
+        record["segments"] = [
+            {"start": s.start, "end": s.end, "emotion": s.emotion, "confidence": round(s.confidence, 6)}
+            for s in segments
+        ]
+    return record
+
+
+def _top_k_cell(probabilities: dict[str, float], k: int) -> str:
+    return ", ".join(f"{label} {p:.2f}" for label, p in list(probabilities.items())[:k])
+
+
+def _prediction_tables(rows: list[tuple[Any, list[Any] | None]], title: str, k: int) -> list[Any]:
+    """Rich tables: one row per file; with --timeline, one table of segments per file."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("file", overflow="fold")
+    table.add_column("emotion")
+    table.add_column("confidence", justify="right")
+    table.add_column(f"top {k}")
+    for p, _ in rows:
+        table.add_row(p.path, f"[bold]{p.emotion}[/]", f"{p.confidence:.2f}", _top_k_cell(p.probabilities, k))
+    out: list[Any] = [table]
+    for p, segments in rows:
+        if segments is None:
+            continue
+        if not segments:
+            out.append(f"timeline of {p.path}: no speech found")
+            continue
+        seg = Table(title=f"timeline of {p.path}")
+        for column, justify in (("start (s)", "right"), ("end (s)", "right"), ("emotion", "left")):
+            seg.add_column(column, justify=justify)  # type: ignore[arg-type]
+        seg.add_column("confidence", justify="right")
+        seg.add_column(f"top {k}")
+        for s in segments:
+            seg.add_row(
+                f"{s.start:.2f}",
+                f"{s.end:.2f}",
+                s.emotion,
+                f"{s.confidence:.2f}",
+                _top_k_cell(s.probabilities, k),
+            )
+        out.append(seg)
+    return out
+
+
+@app.command("predict")
+def predict(
+    inputs: Annotated[
+        list[Path],
+        typer.Argument(help="Audio files and/or folders (searched for audio files).", show_default=False),
+    ],
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="Bundle folder, run folder (uses its model/) or 'default'.")
+    ] = "default",
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One JSON object per file on stdout instead of a table.")
+    ] = False,
+    timeline: Annotated[
+        bool, typer.Option("--timeline", help="Also classify each stretch of speech (voice activity).")
+    ] = False,
+    top_k: Annotated[
+        int | None,
+        typer.Option(
+            "--top-k", "-k", min=1, help="The K most likely emotions (table: 3 by default, JSON: all)"
+        ),
+    ] = None,
+    backend: Annotated[
+        str, typer.Option("--backend", help="torch, or onnx (after `emovox export BUNDLE`).")
+    ] = "torch",
+    device: Annotated[str, typer.Option("--device", help="torch device: cpu, cuda, cuda:1, mps.")] = "cpu",
+) -> None:
+    """Predict the emotion of speech recordings: a table, or JSON lines with --json.
+
+    Files that cannot be used are reported on stderr and skipped (exit status 1); a missing or
+    broken model, or nothing to work on, ends with exit status 2.
+    """
+    import json
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from emovox.audio import SAMPLE_RATE
+    from emovox.predict import Recognizer
+
+    if backend not in ("torch", "onnx"):
+        raise fail(f"--backend: unknown backend {backend!r} (choose torch or onnx)")
+    files, problems, empty = _expand_audio_inputs(inputs)
+    for folder in empty:
+        err_console.print(f"[yellow]warning:[/] {folder}: no audio files in this folder", highlight=False)
+    if not files and not problems:
+        raise fail("no audio files to predict on in " + ", ".join(str(p) for p in inputs))
+    for problem in problems:
+        err_console.print(f"[bold red]skipped:[/] {problem}", highlight=False, soft_wrap=True)
+    if not files:
+        raise typer.Exit(1)
+    try:
+        recognizer = Recognizer.load(model, backend=backend, device=device)  # type: ignore[arg-type]
+    except EmovoxError as exc:
+        raise fail(str(exc)) from None
+    if timeline and recognizer.sample_rate != SAMPLE_RATE:
+        raise fail(f"--timeline needs a {SAMPLE_RATE} Hz model; {model} uses {recognizer.sample_rate} Hz")
+
+    failed = len(problems)
+    rows: list[tuple[Any, list[Any] | None]] = []
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=True,
+        disable=len(files) < 2 or not err_console.is_terminal,
+    )
+
+    def skip(message: str) -> None:
+        nonlocal failed
+        failed += 1
+        progress.console.print(f"[bold red]skipped:[/] {message}", highlight=False, soft_wrap=True)
+
+    with progress:
+        task = progress.add_task("predicting", total=len(files))
+        for start in range(0, len(files), PREDICT_CHUNK):
+            waves, durations, paths, decoded = [], [], [], []
+            for path in files[start : start + PREDICT_CHUNK]:
+                try:
+                    wave, _ = recognizer.decode(path)
+                    waves.append(recognizer.preprocess(wave, name=str(path)))
+                except EmovoxError as exc:
+                    skip(str(exc))
+                    progress.advance(task)
+                    continue
+                decoded.append(wave)
+                durations.append(wave.size / recognizer.sample_rate)
+                paths.append(str(path))
+            predictions = recognizer.predict_waves(waves, durations=durations, paths=paths, top_k=top_k)
+            for prediction, wave in zip(predictions, decoded, strict=True):
+                segments = None
+                if timeline:
+                    try:
+                        segments = recognizer.timeline(wave, sr=recognizer.sample_rate)
+                    except EmovoxError as exc:
+                        skip(f"{prediction.path}: timeline failed ({exc})")
+                        progress.advance(task)
+                        continue
+                if as_json:
+                    sys.stdout.write(json.dumps(_prediction_record(prediction, segments)) + "\n")
+                    sys.stdout.flush()
+                rows.append((prediction, segments))
+                progress.advance(task)
+
+    if not as_json and rows:
+        title = f"{Path(str(recognizer.meta['path'])).name} ({backend})"
+        for renderable in _prediction_tables(rows, title, top_k or 3):
+            console.print(renderable, highlight=False)
+    if failed:
+        err_console.print(f"[yellow]{failed} input(s) skipped, {len(rows)} predicted[/]", highlight=False)
+        raise typer.Exit(1)
+
+
+@app.command("export")
+def export(
+    bundle: Annotated[
+        str,
+        typer.Argument(help="Bundle folder, run folder (uses its model/) or 'default'.", show_default=False),
+    ],
+    onnx: Annotated[
+        Path | None,
+        typer.Option("--onnx", help="Write the ONNX model to this file instead of into the bundle."),
+    ] = None,
+    opset: Annotated[int, typer.Option("--opset", min=18, help="ONNX opset.")] = 18,
+    atol: Annotated[
+        float, typer.Option("--atol", min=0.0, help="Largest allowed |onnxruntime - PyTorch| probability.")
+    ] = 1e-4,
+) -> None:
+    """Export a model to ONNX (waveform -> probabilities, features included) and verify it.
+
+    By default the model goes into the bundle as model.onnx, which `--backend onnx` and
+    `Recognizer.load(..., backend="onnx")` use. Every export is checked with onnxruntime against
+    PyTorch on real clips (the repository's examples/*.flac, else synthetic speech).
+    """
+    from emovox.bundle import read_meta
+    from emovox.export import default_check_waves, export_bundle
+
+    try:
+        meta = read_meta(bundle)
+        waves, described = default_check_waves()
+        with err_console.status(f"exporting {meta['model']['family']} model {meta['path']} to ONNX..."):
+            results = export_bundle(
+                bundle, onnx, into_bundle=onnx is None, opset=opset, check_waves=waves, atol=atol
+            )
+    except EmovoxError as exc:
+        raise fail(str(exc)) from None
+    result = results[-1]
+    size_mb = result.path.stat().st_size / 1e6
+    console.print(f"wrote {result.path} (opset {result.opset}, {size_mb:.1f} MB)", highlight=False)
+    console.print(
+        f"verified with onnxruntime on {described}, alone and as one padded batch: "
+        f"max |onnxruntime - PyTorch| = {result.max_abs_diff:.2e} (allowed {atol:g})",
+        highlight=False,
+    )
+    if onnx is None:
+        console.print(f"use it: emovox predict FILES --model {meta['path']} --backend onnx", highlight=False)
+
+
 # --------------------------------------------------------------------------- serve
 # (owned by emovox.serve)
 
