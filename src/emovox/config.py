@@ -276,6 +276,10 @@ def _build(cls: type, raw: Any, prefix: str, skip: set[str] | frozenset[str] = f
     for key in raw:
         if key not in names:
             raise ConfigError(f"{prefix}{key}: unknown key (known: {', '.join(names)})")
+    for f in dataclasses.fields(cls):
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        if required and f.name not in raw:
+            raise ConfigError(f"{prefix}{f.name}: missing (required)")
     kwargs = {key: _convert(v, hints[key], f"{prefix}{key}") for key, v in raw.items() if key not in skip}
     return cls(**kwargs)
 
@@ -318,6 +322,10 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected one of {', '.join(map(str, args))}, got {value!r}")
         return value
     if dataclasses.is_dataclass(tp):
+        if value is None:  # an empty YAML section (``train:`` with nothing under it) = all defaults
+            value = {}
+        elif tp is CorpusSource and isinstance(value, str):  # ``extra: [path/to/tess]``
+            value = {"path": value}
         return _build(tp, value, f"{key}.")
     if origin is list:
         if not isinstance(value, (list, tuple)):
@@ -367,6 +375,7 @@ def validate(cfg: RunConfig) -> None:
     )
     _check(m.family in FAMILIES, "model.family", f"must be one of {', '.join(FAMILIES)}", m.family)
     _validate_params(m)
+    _validate_backbone(cfg)
     _check(t.lr > 0, "train.lr", "must be > 0", t.lr)
     _check(t.weight_decay >= 0, "train.weight_decay", "must be >= 0", t.weight_decay)
     _check(t.epochs >= 1, "train.epochs", "must be >= 1", t.epochs)
@@ -382,6 +391,17 @@ def validate(cfg: RunConfig) -> None:
         t.precision in PRECISIONS, "train.precision", f"must be one of {', '.join(PRECISIONS)}", t.precision
     )
     _check(s.folds >= 2, "split.folds", "must be >= 2", s.folds)
+    _validate_corpus_names(cfg)
+    if d.emotions is not None:
+        from emovox.corpora import EMOTIONS, canonical_emotion
+
+        for i, label in enumerate(d.emotions):
+            _check(
+                canonical_emotion(label) is not None,
+                f"data.emotions[{i}]",
+                f"unknown emotion (known: {', '.join(EMOTIONS)})",
+                label,
+            )
     if s.protocol == "holdout":
         _check(bool(s.test_speakers), "split.test_speakers", "holdout needs at least one test speaker", [])
     if s.protocol == "cross_corpus":
@@ -431,3 +451,46 @@ def _validate_params(m: ModelConfig) -> None:
             f"unknown parameter for {m.family} (known: {', '.join(allowed)})",
             key,
         )
+
+
+def _validate_backbone(cfg: RunConfig) -> None:
+    """Build the backbone and run it on a dummy batch, so a bad ``model.params`` value (a number where
+    a list belongs, a negative width, a dropout above 1) fails at load time, not after feature extraction."""
+    import torch
+
+    from emovox.models import build_backbone
+
+    m = cfg.model
+    if m.family == "svm":
+        return
+    channels = cfg.features.num_channels
+    pooled = m.family == "mlp"
+    dim = channels * len(cfg.features.stats) if pooled else channels
+    try:
+        net = build_backbone(m.family, dim, 2, **m.params).eval()
+        x = torch.zeros(2, dim) if pooled else torch.zeros(2, dim, 12)
+        with torch.no_grad():
+            out = net(x, torch.tensor([12, 5]))
+    except ConfigError:
+        raise
+    except (TypeError, ValueError, RuntimeError, IndexError) as exc:
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(f"model.params: invalid parameters for {m.family} ({message})") from None
+    if tuple(out.shape) != (2, 2):
+        raise ConfigError(f"model.params: {m.family} with these parameters does not produce class scores")
+
+
+def _validate_corpus_names(cfg: RunConfig) -> None:
+    """Adapter names (``data.corpus``, ``data.extra[].corpus``, ``split.test_corpus``) must be known."""
+    from emovox.corpora import ADAPTERS, _resolve_name
+    from emovox.errors import CorpusError
+
+    names = [("data.corpus", cfg.data.corpus), ("split.test_corpus", cfg.split.test_corpus)]
+    names += [(f"data.extra[{i}].corpus", src.corpus) for i, src in enumerate(cfg.data.extra)]
+    for key, name in names:
+        if name is None:
+            continue
+        try:
+            _resolve_name(name)
+        except CorpusError:
+            raise ConfigError(f"{key}: unknown corpus {name!r} (known: {', '.join(ADAPTERS)})") from None

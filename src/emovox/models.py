@@ -152,12 +152,23 @@ class MaskedRNN(nn.Module):
 
 
 class MLP(nn.Module):
-    """Dense + ReLU + dropout layers over a pooled utterance vector ``[B, D]`` (``lengths`` unused)."""
+    """Dense + LayerNorm + ReLU + dropout layers over a pooled utterance vector ``[B, D]``.
+
+    ``hidden`` lists the layer widths (an integer = one layer, ``[]`` = a linear classifier);
+    ``lengths`` is unused (the statistics are already pooled over the valid frames).
+    """
 
     def __init__(
-        self, in_channels: int, n_classes: int, *, hidden: Sequence[int] = (256, 128), dropout: float = 0.3
+        self,
+        in_channels: int,
+        n_classes: int,
+        *,
+        hidden: Sequence[int] | int = (256, 128),
+        dropout: float = 0.3,
     ) -> None:
         super().__init__()
+        if isinstance(hidden, int):  # one hidden layer
+            hidden = (hidden,)
         layers: list[nn.Module] = []
         size = in_channels
         for width in hidden:
@@ -364,10 +375,34 @@ def build_backbone(family: str, in_channels: int, n_classes: int, **params: Any)
             f"model.params: unknown parameter(s) {', '.join(unknown)} for family {family!r} "
             f"(allowed: {', '.join(allowed)})"
         )
+    _check_params(params)
     try:
         return cls(in_channels, n_classes, **params)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RuntimeError) as exc:
         raise ConfigError(f"model.params: invalid value for family {family!r}: {exc}") from None
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _check_params(params: dict[str, Any]) -> None:
+    """Range-check the shared hyper-parameters so a bad value is named instead of failing deep in torch."""
+    for key, value in params.items():
+        where = f"model.params.{key}"
+        if key in ("channels", "hidden") and isinstance(value, (list, tuple)):
+            if not all(_positive_int(v) for v in value):
+                raise ConfigError(f"{where}: expected a list of positive integers, got {value!r}")
+        elif key == "channels":
+            raise ConfigError(f"{where}: expected a list of positive integers (one per block), got {value!r}")
+        elif key in ("hidden", "layers", "kernel") and not _positive_int(value):
+            raise ConfigError(f"{where}: expected a positive integer, got {value!r}")
+        elif key == "dropout" and (
+            isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1
+        ):
+            raise ConfigError(f"{where}: expected a number in [0, 1), got {value!r}")
+        elif key == "bidirectional" and not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
 
 
 # --------------------------------------------------------------------------- end-to-end network
