@@ -394,6 +394,168 @@ def cv(
     console.print(f"report: {report}", highlight=False)
 
 
+# train: emovox.training (run_training does the work: split, fit, evaluate, report, bundle)
+
+
+def _devices_value(devices: str) -> str:
+    """``--devices`` as a YAML value for train.devices: ``2`` -> 2, ``auto``, ``0,1`` -> [0, 1]."""
+    text = devices.strip()
+    if "," in text:
+        return "[" + ", ".join(part.strip() for part in text.split(",") if part.strip()) + "]"
+    return text
+
+
+def _train_header(cfg: Any, split: Any, run_dir: Path) -> None:
+    """What is about to be trained, on whom, and where it goes."""
+    from rich.table import Table
+
+    table = Table(title=f"training {cfg.name or cfg.model.family} ({cfg.model.family})", show_header=False)
+    table.add_column("", style="bold")
+    table.add_column("")
+    table.add_row("protocol", split.protocol)
+    for part, label in (("train", "train"), ("val", f"validation ({split.validation})"), ("test", "test")):
+        speakers = split.speakers(part)
+        shown = ", ".join(speakers[:10]) + (f" (+{len(speakers) - 10})" if len(speakers) > 10 else "")
+        table.add_row(label, f"{len(getattr(split, part))} clips, {len(speakers)} speakers: {shown or '-'}")
+    t = cfg.train
+    table.add_row(
+        "hardware", f"accelerator {t.accelerator}, devices {t.devices}, strategy {t.strategy}, {t.precision}"
+    )
+    table.add_row("run folder", str(run_dir))
+    console.print(table)
+
+
+@app.command("train")
+def train(
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="Run config YAML (configs/*.yaml).")
+    ] = None,
+    overrides: Annotated[
+        list[str] | None, typer.Argument(help="section.key=value overrides, e.g. train.epochs=5.")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Run folder (default <out>/<name>-<time>/, out: runs).")
+    ] = None,
+    resume: Annotated[
+        Path | None,
+        typer.Option(
+            "--resume", help="Continue the interrupted run in this folder (its config.yaml, last.ckpt)."
+        ),
+    ] = None,
+    devices: Annotated[
+        str | None, typer.Option("--devices", help="Devices: a count (2), auto, or device ids (0,1).")
+    ] = None,
+    strategy: Annotated[
+        str | None,
+        typer.Option("--strategy", help="Lightning strategy: auto, ddp, ddp_find_unused_parameters_true."),
+    ] = None,
+    precision: Annotated[
+        str | None, typer.Option("--precision", help="32-true (default), 16-mixed (GPU), bf16-mixed.")
+    ] = None,
+    accelerator: Annotated[
+        str | None, typer.Option("--accelerator", help="auto (default), cpu, gpu, mps.")
+    ] = None,
+) -> None:
+    """Train one model from a config: speaker-independent split, checkpoints, report, model bundle.
+
+    split.protocol holdout tests on split.test_speakers, none trains on every speaker, cross_corpus
+    tests on split.test_path; validation speakers come from the training speakers. Writes one run
+    folder (config.yaml, checkpoints/, logs/, history.json, metrics.json, plots/, report.md, model/).
+    Ctrl-C saves checkpoints/last.ckpt; --resume RUN_DIR continues it.
+    """
+    import os
+    from datetime import datetime
+
+    from emovox.config import load_config
+    from emovox.errors import ConfigError
+    from emovox.training import BUNDLE_DIR, TrainingInterrupted, is_global_zero, run_training, training_split
+
+    worker = not is_global_zero()  # a DDP worker process re-running this command line
+    extra = list(overrides or [])
+    flags = {"devices": devices, "strategy": strategy, "precision": precision, "accelerator": accelerator}
+    for key, value in flags.items():
+        if value is not None:
+            extra.append(f"train.{key}={_devices_value(value) if key == 'devices' else value}")
+    if resume is not None and config is not None:
+        raise fail(
+            "--resume continues RUN_DIR with its own config.yaml; leave out --config "
+            "(overrides such as train.epochs=40 still apply)"
+        )
+    if resume is not None and out is not None and out.resolve() != resume.resolve():
+        raise fail("--resume writes into RUN_DIR itself; leave out --out")
+    if resume is None and config is None:
+        raise fail("pass --config CONFIG.yaml (e.g. configs/ravdess_crnn.yaml), or --resume RUN_DIR")
+    try:
+        if resume is not None:
+            config_path = resume / "config.yaml"
+            if not config_path.is_file():
+                raise ConfigError(f"{resume}: not an emovox train run folder (no config.yaml)")
+        else:
+            assert config is not None
+            config_path = config
+        cfg = load_config(config_path, extra)
+        if resume is not None and cfg.model.family == "svm":
+            raise ConfigError(f"{resume}: svm runs have no checkpoints to resume; train again")
+        split = training_split(cfg, source=str(config_path))
+        if resume is not None:
+            run_dir = resume
+        elif worker and os.environ.get("EMOVOX_RUN_DIR"):
+            run_dir = Path(os.environ["EMOVOX_RUN_DIR"])
+        else:
+            name = cfg.name or cfg.model.family
+            target = out or Path(cfg.out) / f"{name}-{datetime.now():%Y%m%d-%H%M%S}"
+            if any((target / "checkpoints").glob("*.ckpt")):
+                raise ConfigError(
+                    f"{target}: already holds a training run; continue it with --resume {target} "
+                    "or choose another --out"
+                )
+            run_dir = _run_dir(target, name)
+        if not worker:
+            _train_header(cfg, split, run_dir)
+        os.environ["EMOVOX_RUN_DIR"] = str(run_dir)  # DDP workers re-run this command: same folder
+        try:
+            metrics = run_training(
+                cfg, run_dir, split=split, resume=resume is not None, source=str(config_path)
+            )
+        finally:
+            os.environ.pop("EMOVOX_RUN_DIR", None)
+    except TrainingInterrupted as exc:
+        if exc.checkpoint is None:
+            err_console.print("interrupted before the first training step; nothing to resume")
+        else:
+            err_console.print(
+                f"interrupted: training state saved to {exc.checkpoint}\n"
+                f"continue with: emovox train --resume {exc.run_dir}",
+                highlight=False,
+            )
+        raise typer.Exit(130) from None
+    except EmovoxError as exc:
+        raise fail(str(exc)) from None
+    if metrics is None:  # DDP worker: rank 0 reports
+        return
+    training = metrics["training"]
+    if "confusion" in metrics:
+        title = f"{cfg.name or cfg.model.family}: test speakers {', '.join(training['test_speakers'])}"
+        console.print(_scores_table(title, metrics))
+    elif metrics.get("validation"):
+        console.print(
+            _scores_table(
+                "validation speakers (optimistic: they chose the checkpoint)", metrics["validation"]
+            )
+        )
+        err_console.print("[yellow]no test speakers (split.protocol: none): no speaker-independent score[/]")
+    if training["bundle"]:
+        console.print(f"model bundle: {run_dir / BUNDLE_DIR}", highlight=False)
+    else:
+        console.print(
+            "no model bundle: the svm family is not bundled (bundles hold safetensors weights, never "
+            "pickles); its scores and report are in the run folder",
+            highlight=False,
+        )
+    console.print(f"report: {run_dir / 'report.md'}", highlight=False)
+    console.print(f"run folder: {run_dir}", highlight=False)
+
+
 # --------------------------------------------------------------------------- predict / export
 # (owned by emovox.predict / emovox.bundle / emovox.export)
 

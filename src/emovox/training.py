@@ -727,3 +727,385 @@ def _fit_svm(
         history=[],
         checkpoint=None,
     )
+
+
+# --------------------------------------------------------------------------- emovox train: one run
+
+BUNDLE_DIR = "model"  # the run folder's bundle (docs/architecture.md, run directory)
+
+
+@dataclass
+class TrainingSplit:
+    """Who trains, validates and tests in an ``emovox train`` run (speaker-independent by construction)."""
+
+    train: list[Utterance]
+    val: list[Utterance]
+    test: list[Utterance]
+    protocol: str
+    """One sentence for reports and the model card."""
+    validation: str
+    """``"speakers"``, ``"clips of the single training speaker"`` or ``"none"``."""
+    shared_emotions: list[str] | None = None
+    """Cross-corpus: the emotions both corpora have (training and scoring are restricted to them)."""
+    corpora: list[dict[str, Any]] = field(default_factory=list)
+    """``{"name", "path", "clips", "role"}`` per corpus used (role: train, extra or test)."""
+
+    def speakers(self, part: str) -> list[str]:
+        """Sorted speakers of ``"train"``, ``"val"`` or ``"test"``."""
+        return sorted({u.speaker for u in getattr(self, part)})
+
+
+def _short(speakers: Sequence[str], limit: int = 8) -> str:
+    shown = ", ".join(speakers[:limit])
+    return shown + (f" and {len(speakers) - limit} more" if len(speakers) > limit else "")
+
+
+def training_split(cfg: RunConfig, *, source: str = "config") -> TrainingSplit:
+    """Load ``cfg.data`` (plus ``data.extra``) and split it by ``cfg.split.protocol`` for one run.
+
+    ``holdout``: test on ``split.test_speakers``; ``none``: every speaker trains (no test);
+    ``cross_corpus``: train on ``data``, test on ``split.test_path`` over the emotions both share.
+    ``data.extra`` corpora only ever join the training side (a speaker of theirs among the test
+    speakers is an error). Validation data is carved from the training side with
+    :func:`emovox.splits.validation_speakers` (whole speakers), or, with a single training speaker,
+    a stratified ``train.val_fraction`` of its clips (as in cross-validation); 0 = no validation.
+    ``kfold`` / ``loso`` are cross-validation protocols: :class:`ConfigError` pointing to ``emovox cv``.
+    """
+    from emovox import splits as sp
+    from emovox.corpora import load_corpus
+    from emovox.evaluation import _validation_split
+
+    d, s = cfg.data, cfg.split
+    if s.protocol in ("kfold", "loso"):
+        raise ConfigError(
+            f"{source}: split.protocol is {s.protocol}, a cross-validation protocol; run "
+            f"`emovox cv --config {source}` for it (emovox train takes holdout, none or cross_corpus)"
+        )
+    if not d.path:
+        raise ConfigError(f"{source}: data.path is not set (the corpus folder to train on)")
+    corpus = load_corpus(d.path, d.corpus, emotions=d.emotions)
+    utts = list(corpus.utterances)
+    corpora = [{"name": corpus.name, "path": str(d.path), "clips": len(utts), "role": "train"}]
+    shared: list[str] | None = None
+    if s.protocol == "holdout":
+        split = sp.holdout_speakers(utts, s.test_speakers)
+        train = [utts[i] for i in split.train]
+        test = [utts[i] for i in split.test]
+        tested = sorted({u.speaker for u in test})
+        protocol = f"speaker-independent holdout on {corpus.name}: test speakers {_short(tested)}"
+    elif s.protocol == "cross_corpus":
+        assert s.test_path is not None  # validate() requires it
+        other = load_corpus(s.test_path, s.test_corpus, emotions=d.emotions)
+        train_idx, test_idx, shared = sp.cross_corpus(utts, other.utterances)
+        train = [utts[i] for i in train_idx]
+        test = [other.utterances[i] for i in test_idx]
+        corpora.append({"name": other.name, "path": str(s.test_path), "clips": len(test), "role": "test"})
+        protocol = (
+            f"cross-corpus: train on {corpus.name}, test on {other.name} "
+            f"over the shared emotions ({', '.join(shared)})"
+        )
+    else:
+        train, test = utts, []
+        protocol = f"all {corpus.name} speakers train; no test speakers (split.protocol: none)"
+
+    test_speakers = {u.speaker for u in test}
+    for src in d.extra:
+        extra = load_corpus(src.path, src.corpus, emotions=d.emotions)
+        clash = sorted({u.speaker for u in extra.utterances} & test_speakers)
+        if clash:
+            raise CorpusError(
+                f"{src.path}: extra training corpus has test speaker(s) {_short(clash)}; "
+                "extra corpora may only add training speakers"
+            )
+        kept = [u for u in extra.utterances if shared is None or u.emotion in shared]
+        train += kept
+        corpora.append({"name": extra.name, "path": str(src.path), "clips": len(kept), "role": "extra"})
+    if d.extra:
+        protocol += f"; extra training corpora: {', '.join(str(src.path) for src in d.extra)}"
+    if not train:
+        raise CorpusError(f"{d.path}: no training utterances left after the split")
+
+    fraction = cfg.train.val_fraction
+    if fraction > 0:
+        fit_idx, val_idx, validation = _validation_split(
+            train, np.arange(len(train)), fraction, cfg.train.seed
+        )
+        fit_utts, val_utts = [train[i] for i in fit_idx], [train[i] for i in val_idx]
+    else:
+        fit_utts, val_utts, validation = train, [], "none"
+    return TrainingSplit(
+        train=fit_utts,
+        val=val_utts,
+        test=test,
+        protocol=protocol,
+        validation=validation,
+        shared_emotions=shared,
+        corpora=corpora,
+    )
+
+
+def is_global_zero() -> bool:
+    """False in the extra processes of a multi-process (DDP) run, which must not write results."""
+    import os
+
+    return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
+
+
+def _card_licence(split: TrainingSplit) -> str:
+    from emovox.download import SOURCES
+
+    parts = []
+    for c in split.corpora:
+        if c["role"] == "test":
+            continue
+        source = SOURCES.get(c["name"])
+        text = (
+            f"{source.license} ({c['name']})"
+            if source
+            else f"Not recorded by emovox for the {c['name']} data at {c['path']}: check its licence"
+        )
+        if text not in parts:
+            parts.append(text)
+    return "; ".join(parts)
+
+
+def _without_predictions(metrics: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    return None if metrics is None else {k: v for k, v in metrics.items() if k != "predictions"}
+
+
+def run_training(
+    cfg: RunConfig,
+    run_dir: str | Path,
+    *,
+    split: TrainingSplit | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    source: str = "config",
+    callbacks: Sequence[Any] = (),
+) -> dict[str, Any] | None:
+    """Everything ``emovox train`` does after parsing: split, fit, evaluate, report, bundle.
+
+    Writes into ``run_dir``: ``config.yaml`` (resolved), ``checkpoints/``, ``logs/``,
+    ``history.json``, ``metrics.json`` (test scores plus ``training`` and ``validation``
+    sections), ``predictions.csv``, ``plots/*.png``, ``report.md`` and, for the neural families,
+    the bundle ``model/`` (:func:`emovox.bundle.save_bundle`; the SVM is not bundled since bundles
+    never pickle). Returns the metrics dict, or None in the non-zero ranks of a DDP run.
+    """
+    import time
+
+    from emovox.bundle import DEFAULT_PREPROCESSING, ModelCard, save_bundle
+    from emovox.evaluation import evaluate_model, load_waves
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    split = split if split is not None else training_split(cfg, source=source)
+    if is_global_zero():
+        cfg.dump(run_dir / "config.yaml")
+    min_duration = float(DEFAULT_PREPROCESSING["min_duration"])
+    waves, skipped = load_waves(
+        [*split.train, *split.val, *split.test],
+        trim=cfg.data.trim_silence,
+        min_duration=min_duration,
+        progress=progress,
+    )
+    started = time.perf_counter()
+    result = fit(
+        cfg,
+        split.train,
+        split.val,
+        run_dir,
+        waves=waves,
+        resume=resume,
+        progress=progress,
+        callbacks=callbacks,
+    )
+    train_seconds = time.perf_counter() - started
+    if not is_global_zero():
+        return None
+
+    model = result.model
+    known = set(model.labels)
+    val_utts = [u for u in split.val if u.path in waves and u.emotion in known]
+    val_metrics = (
+        _without_predictions(evaluate_model(model, val_utts, waves, progress=False)) if val_utts else None
+    )
+    test_utts = [u for u in split.test if u.path in waves]
+    test_metrics = (
+        evaluate_model(
+            model, test_utts, waves, shared_only=split.shared_emotions is not None, progress=progress
+        )
+        if test_utts
+        else None
+    )
+    training = {
+        "config": cfg.name,
+        "family": cfg.model.family,
+        "protocol": split.protocol,
+        "validation": split.validation,
+        "corpora": split.corpora,
+        "train_speakers": split.speakers("train"),
+        "val_speakers": split.speakers("val"),
+        "test_speakers": split.speakers("test"),
+        "n_train": sum(u.path in waves for u in split.train),
+        "n_val": len(val_utts),
+        "n_test": len(test_utts),
+        "labels": list(model.labels),
+        "epochs": len(result.history),
+        "best_val_ua": result.best_val_ua,
+        "train_seconds": train_seconds,
+        "checkpoint": str(result.checkpoint) if result.checkpoint else None,
+        "bundle": None,
+    }
+    bundled = cfg.model.family != "svm"
+    if bundled:
+        training["bundle"] = str(run_dir / BUNDLE_DIR)
+    metrics: dict[str, Any] = dict(test_metrics) if test_metrics is not None else {"test": None}
+    metrics.update(
+        kind="train",
+        training=training,
+        validation=val_metrics,
+        skipped=[{"path": str(p), "reason": r} for p, r in skipped],
+    )
+    _write_run_report(run_dir, cfg, split, metrics, result.history)
+    if bundled:
+        per_emotion: dict[str, int] = {}
+        for u in split.train:
+            per_emotion[u.emotion] = per_emotion.get(u.emotion, 0) + 1
+        summary = {
+            "corpora": ", ".join(f"{c['name']} ({c['role']}, {c['clips']} clips)" for c in split.corpora),
+            "protocol": split.protocol,
+            "utterances": training["n_train"],
+            "per_emotion": per_emotion,
+            # every speaker the model saw, validation included (it chose the checkpoint), so that
+            # `emovox evaluate` can flag a test set that is not speaker-independent for this model
+            "speakers": sorted({*training["train_speakers"], *training["val_speakers"]}),
+            "train_speakers": training["train_speakers"],
+            "val_speakers": training["val_speakers"],
+            "test_speakers": training["test_speakers"],
+            "epochs": training["epochs"],
+            "best_val_ua": result.best_val_ua,
+            "config": cfg.name,
+        }
+        if test_metrics is not None:
+            scored = (
+                f"Scores are on the {len(training['test_speakers'])} test speaker(s) "
+                f"({_short(training['test_speakers'])}), none of whom was used for training or validation."
+            )
+            bundle_metrics: Mapping[str, Any] = _without_predictions(test_metrics) or {}
+        else:
+            ua = f"{val_metrics['ua']:.3f}" if val_metrics else "n/a"
+            scored = (
+                "No test speakers were held out, so no unbiased score exists for this model; the "
+                f"validation UA ({ua}) is optimistic because validation chose the checkpoint."
+            )
+            bundle_metrics = {"test": None, "validation": val_metrics}
+        card = ModelCard(
+            data=(
+                f"{training['n_train']} clips from {len(training['train_speakers'])} speakers "
+                f"({_short(training['train_speakers'])}); validation: {training['n_val']} clips "
+                f"({split.validation}: {_short(training['val_speakers']) or 'none'})."
+            ),
+            protocol=f"{split.protocol[0].upper()}{split.protocol[1:]}. {scored}",
+            licence=_card_licence(split),
+            title=f"emovox {cfg.model.family} model ({cfg.name or 'unnamed run'})",
+        )
+        save_bundle(
+            model.net,
+            run_dir / BUNDLE_DIR,
+            metrics=bundle_metrics,
+            card=card,
+            training=summary,
+            preprocessing={"trim_silence": cfg.data.trim_silence, "min_duration": min_duration},
+        )
+    return metrics
+
+
+def _write_run_report(
+    run_dir: Path,
+    cfg: RunConfig,
+    split: TrainingSplit,
+    metrics: dict[str, Any],
+    history: Sequence[Mapping[str, Any]],
+) -> Path:
+    """report.md + metrics.json + plots: :func:`emovox.evaluation.write_report` when there is a test
+    set, then a training section (speakers, validation scores and confusion, files of the run)."""
+    from emovox import plots
+    from emovox.evaluation import _jsonable, write_report
+
+    training = metrics["training"]
+    title = f"{cfg.name or cfg.model.family}: {cfg.model.family} — {split.protocol}"
+    report = run_dir / "report.md"
+    if "confusion" not in metrics:  # no test set: write_report needs test scores
+        plot_dir = run_dir / "plots"
+        plot_dir.mkdir(parents=True, exist_ok=True)
+        lines = [f"# {title}", "", "## Scores", ""]
+        lines += [
+            "No test speakers (split.protocol: none): there is no speaker-independent score for this "
+            "run. Validation scores below are optimistic, since validation chose the checkpoint.",
+            "",
+        ]
+        if history:
+            png = plots.plot_history(history, plot_dir / "history_training.png", title="training")
+            lines += ["## Training curves", "", f"![training curves](plots/{png.name})", ""]
+        (run_dir / "metrics.json").write_text(json.dumps(_jsonable(metrics), indent=2))
+        report.write_text("\n".join(lines))
+    else:
+        write_report(
+            run_dir, metrics, history=list(history) or None, title=title, config=None, protocol=split.protocol
+        )
+    lines = ["## Training", ""]
+    lines += [
+        "| | speakers | clips |",
+        "|---|---|---|",
+        f"| train | {', '.join(training['train_speakers'])} | {training['n_train']} |",
+        f"| validation ({split.validation}) | {', '.join(training['val_speakers']) or '-'} | "
+        f"{training['n_val']} |",
+        f"| test | {', '.join(training['test_speakers']) or '-'} | {training['n_test']} |",
+        "",
+        f"{training['epochs']} epoch(s) in {training['train_seconds']:.1f} s; best validation UA "
+        f"{_fmt_score(training['best_val_ua'])}.",
+        "",
+    ]
+    val = metrics.get("validation")
+    if val:
+        png = plots.plot_confusion(
+            val["confusion"], val["labels"], run_dir / "plots" / "confusion_validation.png"
+        )
+        lines += [
+            "### Validation (model selection)",
+            "",
+            f"WA {val['wa']:.3f}, UA {val['ua']:.3f}, macro-F1 {val['macro_f1']:.3f} on {val['n']} clips "
+            "(optimistic: these clips chose the checkpoint).",
+            "",
+            f"![validation confusion matrix](plots/{png.name})",
+            "",
+        ]
+    files = ["config.yaml (resolved configuration)", "history.json", "logs/ (Lightning CSV log)"]
+    if training["checkpoint"]:
+        files.insert(1, f"checkpoints/ (used: {Path(training['checkpoint']).name}; last.ckpt resumes)")
+    if training["bundle"]:
+        files.append(
+            f"{BUNDLE_DIR}/ (model bundle: `emovox predict --model {run_dir / BUNDLE_DIR} clip.wav`)"
+        )
+    else:
+        files.append(
+            "no bundle: the svm family is not bundled (bundles hold safetensors weights, never pickles)"
+        )
+    lines += ["### Files", ""] + [f"- {f}" for f in files] + [""]
+    import yaml
+
+    lines += [
+        "## Configuration",
+        "",
+        "```yaml",
+        yaml.safe_dump(cfg.to_dict(), sort_keys=False).rstrip(),
+        "```",
+        "",
+    ]
+    with report.open("a") as f:
+        f.write("\n" + "\n".join(lines))
+    return report
+
+
+def _fmt_score(value: float | None) -> str:
+    return "n/a" if value is None or not math.isfinite(value) else f"{value:.3f}"
