@@ -180,3 +180,19 @@ def test_cli_export_errors_exit_2(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["export", str(tmp_path / "nope")])
     assert result.exit_code == 2 and "model bundle not found" in result.stderr
     assert "Traceback" not in result.output
+
+
+def test_docs_onnxruntime_snippet_runs(
+    mlp_bundle: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The onnxruntime-only example in docs/bundles.md works and agrees with emovox."""
+    text = (REPO / "docs" / "bundles.md").read_text()
+    snippet = next(b for b in re.findall(r"```python\n(.*?)```", text, re.S) if "onnxruntime as ort" in b)
+    monkeypatch.chdir(REPO)
+    namespace: dict[str, object] = {}
+    exec(snippet.replace("runs/my-run/model", str(mlp_bundle)), namespace)
+    printed = capsys.readouterr().out.splitlines()
+    clips = namespace["clips"]
+    expected = Recognizer.load(mlp_bundle).predict_proba(clips)  # type: ignore[arg-type]
+    assert np.abs(namespace["probabilities"] - expected).max() <= ATOL  # type: ignore[operator]
+    assert [line.split()[0] for line in printed] == [LABELS[int(i)] for i in expected.argmax(1)]
