@@ -216,12 +216,14 @@ class SpecAugment(nn.Module):
         if not self.training or x.dim() != 3:
             return x
         batch, channels, frames = x.shape
-        keep = torch.ones(batch, channels, frames, dtype=torch.bool, device=x.device)
+        valid = torch.arange(frames, device=x.device)[None, :] < lengths[:, None]  # [B, F]
+        drop = torch.zeros(batch, channels, frames, dtype=torch.bool, device=x.device)
         if self.time_masks > 0 and self.time_width > 0:
             bands = self._bands(self.time_masks, self.time_width, lengths, frames, x.device).any(1)
-            keep &= ~bands[:, None, :]
+            drop |= bands[:, None, :]
         if self.freq_masks > 0 and self.freq_width > 0:
             full = torch.full((batch,), channels, device=x.device)
             bands = self._bands(self.freq_masks, self.freq_width, full, channels, x.device).any(1)
-            keep &= ~bands[:, :, None]
-        return x * keep.to(x.dtype)
+            drop |= bands[:, :, None]
+        drop &= valid[:, None, :]  # padding frames are left exactly as they are
+        return x.masked_fill(drop, 0.0)

@@ -215,7 +215,8 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
                 f"{p}: expected a mapping of sections at the top level, got {type(loaded).__name__}"
             )
         raw = loaded
-        raw.setdefault("name", p.stem)
+        if raw.get("name") is None:  # absent or null: the file's stem names the run
+            raw["name"] = p.stem
     for item in overrides:
         apply_override(raw, item)
     try:

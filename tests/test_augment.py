@@ -1,0 +1,238 @@
+"""Augmentation: validation of AugmentConfig, waveform transforms, SpecAugment, training-only use."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from conftest import synth_speech
+from emovox.augment import AugmentConfig, SpecAugment, WaveAugment
+from emovox.errors import ConfigError
+
+SR = 16_000
+WAVE = synth_speech(1.0, SR, seed=7)
+
+
+# --------------------------------------------------------------------------- config
+
+
+def test_defaults_are_off() -> None:
+    cfg = AugmentConfig()
+    assert not cfg.wave_enabled and not cfg.spec_enabled
+    assert AugmentConfig(gain_p=0.1).wave_enabled
+    assert AugmentConfig(freq_masks=1).spec_enabled
+    assert not AugmentConfig(time_masks=2, time_mask_width=0).spec_enabled
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"noise_p": 1.5}, "augment.noise_p: must be a probability"),
+        ({"gain_p": -0.1}, "augment.gain_p: must be a probability"),
+        ({"pitch_p": True}, "augment.pitch_p: must be a probability"),
+        ({"gain_db": [6, -6]}, "augment.gain_db: min 6 is above max -6"),
+        ({"stretch_rate": [0.01, 1.0]}, r"augment.stretch_rate: must lie within \[0.1, 10\]"),
+        ({"noise_snr_db": [10]}, "augment.noise_snr_db: must be a \\[min, max\\] pair"),
+        ({"time_masks": -1}, "augment.time_masks: must be a non-negative integer"),
+        ({"freq_mask_width": 2.5}, "augment.freq_mask_width: must be a non-negative integer"),
+        ({"background_p": 0.3}, "augment.background_dir: needed"),
+        ({"background_dir": "/no/such/folder"}, "augment.background_dir: /no/such/folder is not a folder"),
+    ],
+)
+def test_invalid_settings_name_the_field(kwargs: dict[str, Any], match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        AugmentConfig(**kwargs)
+
+
+def test_to_dict_round_trip() -> None:
+    cfg = AugmentConfig(noise_p=0.3, pitch_semitones=[-1, 1], time_masks=2)
+    again = AugmentConfig(**cfg.to_dict())
+    assert again == cfg and again.to_dict()["pitch_semitones"] == [-1.0, 1.0]
+
+
+# --------------------------------------------------------------------------- waveform
+
+
+def test_all_probabilities_zero_is_identity() -> None:
+    aug = WaveAugment(AugmentConfig(), SR)
+    assert not aug.enabled
+    out = aug(WAVE)
+    assert out is WAVE
+
+
+def test_each_transform_changes_the_wave_when_it_fires() -> None:
+    np.random.seed(0)
+    for kwargs in (
+        {"noise_p": 1.0},
+        {"gain_p": 1.0, "gain_db": [3.0, 6.0]},
+        {"pitch_p": 1.0, "pitch_semitones": [1.0, 2.0]},
+        {"shift_p": 1.0, "shift_seconds": [0.05, 0.1]},
+    ):
+        out = WaveAugment(AugmentConfig(**kwargs), SR)(WAVE)
+        assert out.dtype == np.float32 and out.shape == WAVE.shape, kwargs
+        assert np.isfinite(out).all()
+        assert not np.allclose(out, WAVE, atol=1e-4), kwargs
+    stretched = WaveAugment(AugmentConfig(stretch_p=1.0, stretch_rate=[1.25, 1.25]), SR)(WAVE)
+    assert abs(stretched.size - WAVE.size / 1.25) < 0.02 * WAVE.size  # faster = shorter
+
+
+def test_gain_range_is_respected() -> None:
+    np.random.seed(1)
+    aug = WaveAugment(AugmentConfig(gain_p=1.0, gain_db=[-6.0, -3.0]), SR)
+    for _ in range(20):
+        ratio_db = 20 * np.log10(np.abs(aug(WAVE)).max() / np.abs(WAVE).max())
+        assert -6.01 <= ratio_db <= -2.99
+
+
+def test_probability_controls_how_often_a_transform_fires() -> None:
+    np.random.seed(2)
+    aug = WaveAugment(AugmentConfig(gain_p=0.3, gain_db=[3.0, 6.0]), SR)
+    fired = sum(not np.array_equal(aug(WAVE), WAVE) for _ in range(300))
+    assert 60 <= fired <= 120  # binomial(300, 0.3): mean 90, sd 7.9
+
+
+def test_noise_snr_is_in_range() -> None:
+    np.random.seed(3)
+    aug = WaveAugment(AugmentConfig(noise_p=1.0, noise_snr_db=[20.0, 20.0]), SR)
+    noise = aug(WAVE) - WAVE
+    snr = 10 * np.log10(np.mean(WAVE**2) / np.mean(noise**2))
+    assert 19.0 < snr < 21.0
+
+
+def test_background_noise_from_a_folder(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    sf.write(tmp_path / "hum.wav", (0.1 * rng.standard_normal(SR)).astype(np.float32), SR)
+    aug = WaveAugment(AugmentConfig(background_p=1.0, background_dir=str(tmp_path)), SR)
+    out = aug(WAVE)
+    assert out.shape == WAVE.shape and not np.allclose(out, WAVE)
+
+
+def test_seeded_augmentation_is_reproducible() -> None:
+    aug = WaveAugment(AugmentConfig(noise_p=0.5, gain_p=0.5, shift_p=0.5), SR)
+    runs = []
+    for _ in range(2):
+        np.random.seed(11)  # audiomentations draws from NumPy's and Python's global generators
+        random.seed(11)
+        runs.append([aug(WAVE) for _ in range(5)])
+    for a, b in zip(*runs, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+# --------------------------------------------------------------------------- SpecAugment
+
+
+def test_spec_augment_masks_only_inside_each_items_frames() -> None:
+    torch.manual_seed(0)
+    cfg = AugmentConfig(time_masks=3, time_mask_width=6, freq_masks=2, freq_mask_width=3)
+    spec = SpecAugment(cfg).train()
+    lengths = torch.tensor([50, 20, 7])
+    x = torch.rand(3, 10, 50) + 1.0  # strictly positive, so masked cells are exactly the zeros
+    valid = torch.arange(50)[None, :] < lengths[:, None]
+    for _ in range(50):
+        out = spec(x, lengths)
+        masked = out == 0
+        # padding frames are never touched and values that survive are unchanged
+        assert torch.equal(out[~valid[:, None, :].expand_as(x)], x[~valid[:, None, :].expand_as(x)])
+        assert torch.equal(out[~masked], x[~masked])
+        for b in range(3):
+            cells = masked[b][:, : lengths[b]]
+            full_frames = cells.all(dim=0)  # time masks blank every channel of a frame
+            full_channels = cells.all(dim=1)  # frequency masks blank a channel on every valid frame
+            assert torch.equal(cells, full_frames[None, :] | full_channels[:, None])
+            # at most 3 bands of <= 6 frames and 2 bands of <= 3 channels
+            assert int(full_frames.sum()) <= 18 or bool(full_channels.all())
+            assert int(full_channels.sum()) <= 6 or bool(full_frames.all())
+
+
+def test_spec_augment_mask_widths_and_counts() -> None:
+    torch.manual_seed(1)
+    spec = SpecAugment(AugmentConfig(time_masks=1, time_mask_width=5)).train()
+    x = torch.ones(64, 4, 40)
+    out = spec(x, torch.full((64,), 40))
+    widths = (out[:, 0, :] == 0).sum(dim=1)
+    assert int(widths.max()) <= 5 and int(widths.min()) >= 0
+    assert len(set(widths.tolist())) > 2  # widths drawn at random, not fixed
+    # one contiguous band per item
+    for row in out[:, 0, :] == 0:
+        idx = torch.nonzero(row).flatten()
+        if idx.numel():
+            assert int(idx[-1] - idx[0]) + 1 == idx.numel()
+
+
+def test_spec_augment_is_identity_in_eval_and_for_pooled_inputs() -> None:
+    spec = SpecAugment(AugmentConfig(time_masks=2, freq_masks=2))
+    x = torch.rand(2, 8, 30)
+    lengths = torch.tensor([30, 12])
+    assert spec.eval()(x, lengths) is x
+    pooled = torch.rand(2, 16)
+    assert spec.train()(pooled, lengths) is pooled
+    assert torch.equal(SpecAugment(AugmentConfig()).train()(x, lengths), x)
+
+
+# --------------------------------------------------------------------------- only training data
+
+
+def test_fit_augments_training_batches_only(tmp_path: Path) -> None:
+    """With waveform augmentation on, training batches are perturbed and validation batches are the
+    untouched clips; the returned classifier is deterministic (no augmentation at inference)."""
+    import lightning
+
+    from emovox.config import load_config
+    from emovox.corpora import Utterance
+    from emovox.training import fit
+
+    rng = np.random.default_rng(0)
+    waves: dict[Path, np.ndarray] = {}
+    utts = []
+    for s in range(2):
+        for e, emotion in enumerate(("neutral", "happy")):
+            for k in range(3):
+                path = tmp_path / f"{s}_{emotion}_{k}.wav"
+                waves[path] = synth_speech(0.4 + 0.05 * k, SR, f0=120.0 + 90 * e, seed=int(rng.integers(1e6)))
+                utts.append(Utterance(path, emotion, f"t:{s}", "folder", emotion))
+    train = [u for u in utts if u.speaker == "t:0"]
+    val = [u for u in utts if u.speaker == "t:1"]
+    seen: dict[str, list[np.ndarray]] = {"train": [], "val": []}
+
+    class Spy(lightning.pytorch.Callback):
+        def _record(self, part: str, batch: Any) -> None:
+            wave, lengths, _ = batch
+            seen[part] += [wave[i, : int(n)].numpy().copy() for i, n in enumerate(lengths)]
+
+        def on_train_batch_start(self, trainer: Any, module: Any, batch: Any, batch_idx: int) -> None:
+            self._record("train", batch)
+
+        def on_validation_batch_start(self, trainer: Any, module: Any, batch: Any, *args: Any) -> None:
+            self._record("val", batch)
+
+    cfg = load_config(
+        None,
+        [
+            "model.family=mlp",
+            "model.params.hidden=[8]",
+            "features.n_mels=16",
+            "data.max_seconds=null",
+            "augment.noise_p=1.0",
+            "augment.gain_p=0.5",
+            "train.epochs=1",
+            "train.batch_size=3",
+        ],
+    )
+    result = fit(cfg, train, val, tmp_path / "run", waves=waves, progress=False, callbacks=[Spy()])
+    originals = [waves[u.path] for u in train]
+    assert len(seen["train"]) == 6
+    for w in seen["train"]:
+        same_length = [o for o in originals if o.size == w.size]
+        assert same_length and not any(np.allclose(w, o, atol=1e-5) for o in same_length)
+    val_originals = [waves[u.path] for u in val]
+    assert len(seen["val"]) == len(val)
+    for w in seen["val"]:
+        assert any(o.size == w.size and np.array_equal(w, o) for o in val_originals)
+    probs = result.model.predict_proba(val_originals)
+    np.testing.assert_array_equal(probs, result.model.predict_proba(val_originals))
