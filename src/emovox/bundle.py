@@ -384,9 +384,9 @@ def resolve_bundle(path: str | Path) -> Path:
     if str(path) == "default":
         if not (DEFAULT_BUNDLE / CONFIG_FILE).is_file():
             raise BundleError(
-                f"the default model is not installed (no bundle at {DEFAULT_BUNDLE}). Train one with "
-                "`emovox train --config CONFIG.yaml` and pass its bundle with --model runs/<run>/model "
-                "(Python: Recognizer.load('runs/<run>/model'))"
+                f"the default model is not installed (no bundle at {DEFAULT_BUNDLE}). Train one, e.g. "
+                "`emovox train --config configs/ravdess_crnn.yaml`, and pass its run folder with "
+                "--model runs/<run> (Python: Recognizer.load('runs/<run>'))"
             )
         return DEFAULT_BUNDLE
     bundle = Path(path)
