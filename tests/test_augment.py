@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,17 @@ import torch
 from conftest import synth_speech
 from emovox.augment import AugmentConfig, SpecAugment, WaveAugment
 from emovox.errors import ConfigError
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_cpu_thread() -> Iterator[None]:
+    """Tiny models run fastest on one thread; on a CPU shared with other jobs, two-thread OpenMP
+    regions wait on each other (recurrent layers by orders of magnitude)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 
 SR = 16_000
 WAVE = synth_speech(1.0, SR, seed=7)

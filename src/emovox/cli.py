@@ -527,6 +527,7 @@ def train(
                 f"interrupted: training state saved to {exc.checkpoint}\n"
                 f"continue with: emovox train --resume {exc.run_dir}",
                 highlight=False,
+                soft_wrap=True,
             )
         raise typer.Exit(130) from None
     except EmovoxError as exc:

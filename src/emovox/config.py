@@ -100,7 +100,9 @@ class TrainConfig:
     ``val_fraction`` of the *training* speakers are held out for early stopping and checkpoint
     selection (0 = no validation: train ``epochs`` epochs and keep the last weights, for corpora
     with a single training speaker). ``mixup`` is the Beta(alpha, alpha) parameter (0 = off).
-    ``warmup_epochs`` of linear warm-up precede the cosine decay.
+    ``warmup_epochs`` of linear warm-up precede the cosine decay. ``threads`` sets PyTorch's CPU
+    threads for the run (None = PyTorch's default, one per core; on a CPU shared with other jobs 1
+    is often several times faster, recurrent layers especially).
     """
 
     optimizer: Literal["adam", "adamw"] = "adamw"
@@ -122,6 +124,7 @@ class TrainConfig:
     strategy: str = "auto"
     precision: str = "32-true"
     num_workers: int = 0
+    threads: int | None = None
 
 
 @dataclass
@@ -388,6 +391,7 @@ def validate(cfg: RunConfig) -> None:
     _check(t.grad_clip is None or t.grad_clip > 0, "train.grad_clip", "must be > 0 or null", t.grad_clip)
     _check(0 <= t.val_fraction < 1, "train.val_fraction", "must be in [0, 1)", t.val_fraction)
     _check(t.num_workers >= 0, "train.num_workers", "must be >= 0", t.num_workers)
+    _check(t.threads is None or t.threads >= 1, "train.threads", "must be >= 1 or null", t.threads)
     _check(
         t.precision in PRECISIONS, "train.precision", f"must be one of {', '.join(PRECISIONS)}", t.precision
     )

@@ -20,13 +20,16 @@ early stopping on it.
 
 from __future__ import annotations
 
+import contextlib
+import csv
 import json
 import logging
 import math
 import signal
 import threading
+import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -353,12 +356,20 @@ def _make_module(
             if not self.trainer.sanity_checking:
                 self._entry().update(val_ua=float(ua), val_wa=float(wa), val_loss=float(vloss))
 
+        def on_train_start(self) -> None:
+            self._epoch_started = time.perf_counter()  # a run resumed mid-epoch starts timing here
+
+        def on_train_epoch_start(self) -> None:
+            self._epoch_started = time.perf_counter()
+
         def on_train_epoch_end(self) -> None:
             loss = float(self.train_loss.compute()) if self.train_loss.update_count else math.nan
             self.train_loss.reset()
             lr = float(self.trainer.optimizers[0].param_groups[0]["lr"])
             self.log_dict({"train_loss": loss, "lr": lr})
-            self._entry().update(train_loss=loss, lr=lr)
+            # wall time of the epoch, training and validation (Lightning validates before this hook)
+            seconds = time.perf_counter() - self._epoch_started
+            self._entry().update(train_loss=loss, lr=lr, seconds=seconds)
 
         def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
             checkpoint["emovox_history"] = [dict(h) for h in self.history]
@@ -455,20 +466,35 @@ def fit(
         )
     train_waves, train_y = _gather(train, waves, labels)
     val_waves, val_y = _gather(val, waves, labels)
-    if cfg.model.family == "svm":
-        return _fit_svm(cfg, labels, train_waves, train_y, val_waves, val_y, run_dir, progress=progress)
-    return _fit_torch(
-        cfg,
-        labels,
-        train_waves,
-        train_y,
-        val_waves,
-        val_y,
-        run_dir,
-        resume=resume,
-        progress=progress,
-        callbacks=callbacks,
-    )
+    with cpu_threads(cfg.train.threads):
+        if cfg.model.family == "svm":
+            return _fit_svm(cfg, labels, train_waves, train_y, val_waves, val_y, run_dir, progress=progress)
+        return _fit_torch(
+            cfg,
+            labels,
+            train_waves,
+            train_y,
+            val_waves,
+            val_y,
+            run_dir,
+            resume=resume,
+            progress=progress,
+            callbacks=callbacks,
+        )
+
+
+@contextlib.contextmanager
+def cpu_threads(threads: int | None) -> Iterator[None]:
+    """Run the block with ``threads`` PyTorch CPU threads (None = leave the setting alone)."""
+    if threads is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _fit_torch(
@@ -545,18 +571,30 @@ def _fit_torch(
         val_loader = DataLoader(val_ds, shuffle=False, **loader_args)
 
     module = _make_module(net, cfg, class_weights, steps_per_epoch)
+    # last.ckpt after every epoch, for resuming (Lightning's save_last only refreshes it when a new
+    # best is saved, which would make a resumed run repeat every epoch since the best one)
+    latest = ModelCheckpoint(
+        dirpath=ckpt_dir, filename=Path(LAST_CHECKPOINT).stem, save_top_k=1, enable_version_counter=False
+    )
+    all_callbacks: list[Any] = [latest, _save_on_interrupt(last), *callbacks]
+    best: Any = None
     if val_loader is not None:
-        checkpoint = ModelCheckpoint(
-            dirpath=ckpt_dir, filename="best", monitor="val_ua", mode="max", save_top_k=1, save_last=True
+        best = ModelCheckpoint(
+            dirpath=ckpt_dir,
+            filename=Path(BEST_CHECKPOINT).stem,
+            monitor="val_ua",
+            mode="max",
+            save_top_k=1,
+            enable_version_counter=False,
         )
-    else:
-        checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="best", save_top_k=1, save_last=True)
-    all_callbacks: list[Any] = [checkpoint, _save_on_interrupt(last), *callbacks]
+        all_callbacks.insert(0, best)
     if val_loader is not None and tcfg.patience:
         all_callbacks.append(EarlyStopping(monitor="val_ua", mode="max", patience=tcfg.patience))
     if progress:
         all_callbacks.append(RichProgressBar(leave=True))
     loggers: list[Any] = [CSVLogger(save_dir=run_dir, name="logs", version="")]
+    csv_log = run_dir / "logs" / "metrics.csv"
+    earlier_log = _read_csv(csv_log) if resume else []  # Lightning's CSV logger starts the file afresh
     try:
         import tensorboard  # noqa: F401
         from lightning.pytorch.loggers import TensorBoardLogger
@@ -596,7 +634,17 @@ def _fit_torch(
             warnings.filterwarnings("ignore", message=".*number of training batches.*")
             warnings.filterwarnings("ignore", message=".*LeafSpec.*")
             warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before.*")
-            trainer.fit(module, train_loader, val_loader, ckpt_path=str(last) if resume else None)
+            warnings.filterwarnings(
+                "ignore", message=".*defined a `validation_step` but have no `val_dataloader`.*"
+            )
+            warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")
+            warnings.filterwarnings(
+                "ignore", message=".*Experiment logs directory .* exists and is not empty.*"
+            )
+            # weights_only: resuming unpickles nothing but tensors and plain containers
+            trainer.fit(
+                module, train_loader, val_loader, ckpt_path=str(last) if resume else None, weights_only=True
+            )
     except SystemExit:
         # Lightning turns Ctrl-C into on_exception callbacks (see _SaveOnInterrupt) + sys.exit(1)
         if trainer.interrupted:
@@ -607,27 +655,40 @@ def _fit_torch(
     finally:
         if in_main_thread and sigint is not None:
             signal.signal(signal.SIGINT, sigint)  # Lightning leaves Ctrl-C ignored after an interrupt
+        if earlier_log and trainer.is_global_zero:
+            _write_csv(csv_log, earlier_log + _read_csv(csv_log))
 
-    best_path = (
-        Path(checkpoint.best_model_path) if val_loader is not None and checkpoint.best_model_path else None
-    )
-    chosen = best_path or Path(checkpoint.last_model_path or last)
+    best_path = Path(best.best_model_path) if best is not None and best.best_model_path else None
+    chosen = best_path or last
     state = torch.load(chosen, map_location="cpu", weights_only=True)
     module.load_state_dict(state["state_dict"])
     history = [dict(h) for h in module.history]
     if trainer.is_global_zero:
         (run_dir / "history.json").write_text(json.dumps(history, indent=2))
-    best_ua = (
-        float(checkpoint.best_model_score)
-        if best_path and checkpoint.best_model_score is not None
-        else math.nan
-    )
+    best_ua = float(best.best_model_score) if best_path and best.best_model_score is not None else math.nan
     return FitResult(
         model=TorchClassifier(module.net.cpu().eval(), batch_size=tcfg.batch_size),
         best_val_ua=best_ua,
         history=history,
         checkpoint=chosen,
     )
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    if not path.is_file():
+        return []
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _write_csv(path: Path, rows: Sequence[Mapping[str, str]]) -> None:
+    """Write ``rows`` under the union of their columns (the training log before and after a resume)."""
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, restval="")
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def _quiet_lightning() -> None:
@@ -891,12 +952,32 @@ def run_training(
     the bundle ``model/`` (:func:`emovox.bundle.save_bundle`; the SVM is not bundled since bundles
     never pickle). Returns the metrics dict, or None in the non-zero ranks of a DDP run.
     """
-    import time
 
+    with cpu_threads(cfg.train.threads):
+        return _run_training(
+            cfg,
+            Path(run_dir),
+            split=split,
+            resume=resume,
+            progress=progress,
+            source=source,
+            callbacks=callbacks,
+        )
+
+
+def _run_training(
+    cfg: RunConfig,
+    run_dir: Path,
+    *,
+    split: TrainingSplit | None,
+    resume: bool,
+    progress: bool,
+    source: str,
+    callbacks: Sequence[Any],
+) -> dict[str, Any] | None:
     from emovox.bundle import DEFAULT_PREPROCESSING, ModelCard, save_bundle
     from emovox.evaluation import evaluate_model, load_waves
 
-    run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     split = split if split is not None else training_split(cfg, source=source)
     if is_global_zero():
