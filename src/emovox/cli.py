@@ -534,6 +534,10 @@ def train(
         raise fail(str(exc)) from None
     if metrics is None:  # DDP worker: rank 0 reports
         return
+    if metrics["skipped"]:
+        err_console.print(
+            f"[yellow]{len(metrics['skipped'])} file(s) skipped (see {run_dir / 'report.md'})[/]"
+        )
     training = metrics["training"]
     if "confusion" in metrics:
         title = f"{cfg.name or cfg.model.family}: test speakers {', '.join(training['test_speakers'])}"

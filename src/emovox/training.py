@@ -351,8 +351,9 @@ def _make_module(
             self.val_ua.reset()
             self.val_wa.reset()
             self.val_loss.reset()
-            self.log_dict({"val_wa": wa, "val_loss": vloss})
-            self.log("val_ua", ua, prog_bar=True)
+            # already reduced over processes by torchmetrics; sync_dist keeps Lightning's DDP check quiet
+            self.log_dict({"val_wa": wa, "val_loss": vloss}, sync_dist=True)
+            self.log("val_ua", ua, prog_bar=True, sync_dist=True)
             if not self.trainer.sanity_checking:
                 self._entry().update(val_ua=float(ua), val_wa=float(wa), val_loss=float(vloss))
 
@@ -366,7 +367,7 @@ def _make_module(
             loss = float(self.train_loss.compute()) if self.train_loss.update_count else math.nan
             self.train_loss.reset()
             lr = float(self.trainer.optimizers[0].param_groups[0]["lr"])
-            self.log_dict({"train_loss": loss, "lr": lr})
+            self.log_dict({"train_loss": loss, "lr": lr}, sync_dist=True)
             # wall time of the epoch, training and validation (Lightning validates before this hook)
             seconds = time.perf_counter() - self._epoch_started
             self._entry().update(train_loss=loss, lr=lr, seconds=seconds)
@@ -1125,6 +1126,10 @@ def _write_run_report(
             "run. Validation scores below are optimistic, since validation chose the checkpoint.",
             "",
         ]
+        skipped = metrics.get("skipped") or []
+        if skipped:
+            lines += [f"{len(skipped)} file(s) could not be loaded and were skipped:", ""]
+            lines += [f"- {s['reason']}" for s in skipped[:20]] + [""]
         if history:
             png = plots.plot_history(history, plot_dir / "history_training.png", title="training")
             lines += ["## Training curves", "", f"![training curves](plots/{png.name})", ""]
