@@ -719,7 +719,7 @@ def _save_on_interrupt(path: Path) -> Any:
             if trainer.global_step == 0 and trainer.current_epoch == 0:
                 return  # nothing trained yet: keep whatever last.ckpt there is
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            trainer.save_checkpoint(self.path)
+            trainer.save_checkpoint(self.path, weights_only=False)  # the full state: resumable
 
     return SaveOnInterrupt(path)
 
