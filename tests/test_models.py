@@ -76,13 +76,11 @@ def test_emotionnet_same_output_alone_and_padded(name: str) -> None:
     assert batched.shape == (3, len(LABELS))
 
 
-@pytest.mark.parametrize("name", list(VARIANTS))
+@pytest.mark.parametrize("name", [n for n in VARIANTS if family(n) != "mlp"])  # mlp: no frames
 def test_backbone_ignores_whatever_is_in_the_padding(name: str) -> None:
     torch.manual_seed(0)
     net = build_backbone(family(name), 12, 4, **VARIANTS[name]).eval()
     lengths = torch.tensor([37, 20, 9])
-    if family(name) == "mlp":
-        pytest.skip("mlp takes pooled [B, D] statistics: it has no frames to pad")
     x = torch.randn(3, 12, 37)
     noisy = x.clone()
     noisy[frame_mask(lengths, 37).logical_not().unsqueeze(1).expand_as(x)] = 1e3
