@@ -114,7 +114,8 @@ def _run(args: argparse.Namespace) -> int:
             f"on 4 actors never seen in training or validation"
             + (" (TESS joins every training side only)" if extra else "")
             + ". The numbers below are the mean over folds (UA ± std "
-            f"{s['ua']['std']:.3f}); the shipped model is then trained on all 20 actors."
+            f"{s['ua']['std']:.3f}); the shipped model is then trained on 16 of the 20 actors, "
+            "the other 4 choosing its checkpoint (early stopping)."
         )
         print(
             f"cross-validation: UA {s['ua']['mean']:.3f} ± {s['ua']['std']:.3f} "
