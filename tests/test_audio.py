@@ -207,6 +207,29 @@ def test_load_many_skips_and_lists_failures(tmp_path, speech_wav):
     assert all(str(p) in reason for p, reason in skipped)
 
 
+@pytest.mark.parametrize("workers", [1, 3])
+def test_load_many_threads_keep_order_and_results(tmp_path, speech_wav, workers):
+    """Threaded decoding returns the same arrays in input order, past the look-ahead window."""
+    bad = _bad_files(tmp_path)
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(30):  # more than 4 * workers files, so the bounded queue refills
+        if i % 7 == 3:
+            paths.append(bad["text"][0])
+            continue
+        path = tmp_path / f"tone{i:02d}.wav"
+        sf.write(path, (0.1 * rng.standard_normal(1600 + 160 * i)).astype(np.float32), SAMPLE_RATE)
+        paths.append(path)
+    waves, skipped = load_many(paths, workers=workers)
+    sequential = [None if p == bad["text"][0] else load_audio(p) for p in paths]
+    assert len(waves) == len(paths)
+    for got, want in zip(waves, sequential, strict=True):
+        assert (got is None) == (want is None)
+        if want is not None:
+            np.testing.assert_array_equal(got, want)
+    assert [p for p, _ in skipped] == [p for p in paths if p == bad["text"][0]]
+
+
 def test_is_audio_file(tmp_path, speech_wav):
     assert is_audio_file(speech_wav)
     (tmp_path / ".hidden.wav").write_bytes(speech_wav.read_bytes())

@@ -28,7 +28,7 @@ import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from emovox.audio import load_audio
+from emovox.audio import iter_load
 from emovox.errors import AudioError, CorpusError, EmovoxError
 
 if TYPE_CHECKING:
@@ -137,23 +137,25 @@ def load_waves(
     min_duration: float = 0.0,
     progress: bool = True,
     description: str = "loading audio",
+    workers: int | None = None,
 ) -> tuple[dict[Path, np.ndarray], list[tuple[Path, str]]]:
     """Decode every utterance once (16 kHz mono): ``({path: wave}, [(path, reason) skipped])``.
 
     ``trim`` / ``min_duration`` are the preprocessing the model is trained or was trained with. A
     file that cannot be used (unreadable, silent, too short) is skipped with its reason rather than
-    ending a long evaluation; callers report the skipped list.
+    ending a long evaluation; callers report the skipped list. Files are decoded on ``workers``
+    threads (default: one per core, see :func:`emovox.audio.iter_load`).
     """
     waves: dict[Path, np.ndarray] = {}
     skipped: list[tuple[Path, str]] = []
     paths = list(dict.fromkeys(u.path for u in utts))
     with _progress() as bar:
         task = bar.add_task(description, total=len(paths), visible=progress)
-        for path in paths:
-            try:
-                waves[path] = load_audio(path, trim=trim, min_duration=min_duration)
-            except AudioError as exc:
-                skipped.append((Path(path), str(exc)))
+        for path, result in iter_load(paths, workers=workers, trim=trim, min_duration=min_duration):
+            if isinstance(result, AudioError):
+                skipped.append((Path(path), str(result)))
+            else:
+                waves[path] = result
             bar.advance(task)
     return waves, skipped
 
