@@ -388,3 +388,24 @@ def test_cli_cv_kfold_and_leaky_flag(tmp_path: Path) -> None:
 
     bad = runner.invoke(app, ["cv", "-c", str(cfg), "--folds", "9", "-o", str(tmp_path / "bad")])
     assert bad.exit_code == 2 and "at least 9 speakers" in bad.output
+
+
+def test_cli_cv_without_validation(tmp_path: Path) -> None:
+    """train.val_fraction=0: every training speaker fits, no validation speakers, report says so."""
+    from typer.testing import CliRunner
+
+    from emovox.cli import app
+
+    data = make_corpus(tmp_path / "data", speakers=4, per_emotion=2)
+    cfg = _cv_config(tmp_path, data)
+    out = tmp_path / "cv"
+    result = CliRunner().invoke(
+        app, ["cv", "-c", str(cfg), "--folds", "2", "-o", str(out), "train.val_fraction=0"]
+    )
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    for fold in metrics["folds"]:
+        assert fold["val_speakers"] == [] and fold["n_val"] == 0 and fold["validation"] == "none"
+        assert len(fold["train_speakers"]) == 2
+        assert not set(fold["train_speakers"]) & set(fold["test_speakers"])
+    assert "there is no validation data" in (out / "report.md").read_text()

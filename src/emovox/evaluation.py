@@ -344,12 +344,15 @@ def _validation_split(
 
     With a single training speaker (e.g. TESS: train on one actress, test on the other) no speaker
     can be spared, so an emotion-stratified ``fraction`` of that speaker's clips validates instead;
-    the test speakers stay unseen either way. Returns ``(fit_idx, val_idx, description)``.
+    the test speakers stay unseen either way. ``fraction`` 0 means no validation data (the model
+    trains for its full epochs; the last weights are kept). Returns ``(fit_idx, val_idx, description)``.
     """
     from sklearn.model_selection import train_test_split
 
     from emovox.splits import validation_speakers
 
+    if fraction <= 0:
+        return np.asarray(train_idx), np.asarray([], dtype=np.int64), "none"
     if len({utts[i].speaker for i in train_idx}) >= 2:
         fit_idx, val_idx = validation_speakers(utts, train_idx, fraction=fraction, seed=seed)
         return fit_idx, val_idx, "speakers"
@@ -620,13 +623,16 @@ def write_report(
         lines += [protocol, ""]
     if is_cv:
         p = metrics["protocol"]
-        by_clips = [f["fold"] for f in metrics["folds"] if f.get("validation") != "speakers"]
-        lines += [
-            f"{p['name']}. In every fold the test speakers are held out entirely; validation speakers "
-            f"(fraction {p['val_fraction']:g} of the training speakers, seed {p['seed']}) are carved "
-            "from the training speakers for model selection and are never tested on in that fold.",
-            "",
-        ]
+        by_clips = [f["fold"] for f in metrics["folds"] if f.get("validation") not in ("speakers", "none")]
+        if p["val_fraction"] > 0:
+            held = (
+                f"validation speakers (fraction {p['val_fraction']:g} of the training speakers, seed "
+                f"{p['seed']}) are carved from the training speakers for model selection and are never "
+                "tested on in that fold."
+            )
+        else:
+            held = "there is no validation data (val_fraction 0): each model trains for its full epochs."
+        lines += [f"{p['name']}. In every fold the test speakers are held out entirely; {held}", ""]
         if by_clips:
             lines += [
                 f"Folds {', '.join(by_clips)} have a single training speaker, so a stratified fraction "
