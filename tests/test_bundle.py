@@ -354,7 +354,7 @@ def test_model_card_content(saved: tuple[Path, EmotionNet]) -> None:
     meta = read_meta(path)
     assert card.startswith("# emovox speech emotion model")
     assert "angry, happy, neutral, sad" in card and "`cnn2d`" in card and "`channels=[4, 8]`" in card
-    assert "logmel (pooling: mean, std), 16000 Hz input" in card
+    assert "logmel frame sequences, 16000 Hz input" in card and "pooled" not in card
     assert "trim silence: yes, minimum duration: 0.3 s" in card
     assert meta["sha256"][WEIGHTS_FILE][:16] in card
     assert CARD["data"] in card and CARD["protocol"] in card

@@ -274,7 +274,7 @@ categories: {labels}.
 |---|---|
 | family | `{family}` |
 | hyper-parameters | {params} |
-| features | {feature_sets} (pooling: {stats}), {sample_rate} Hz input |
+| features | {features_desc}, {sample_rate} Hz input |
 | preprocessing | trim silence: {trim}, minimum duration: {min_duration:g} s |
 | weights | `model.safetensors` (sha256 `{sha_short}`) |
 
@@ -312,6 +312,21 @@ or `emovox predict speech.wav --model path/to/this/folder`.
 _SCORE_NAMES = {"ua": "UA (unweighted accuracy)", "wa": "WA (weighted accuracy)", "macro_f1": "macro-F1"}
 
 
+def _describe_features(family: str, features: Mapping[str, Any], params: Mapping[str, Any]) -> str:
+    """What the model reads, for the card: frame sequences, pooled statistics or eGeMAPS."""
+    sets = [
+        f"{name} (+ deltas)" if name == "mfcc" and features.get("deltas") else name
+        for name in features.get("sets", [])
+    ]
+    names = ", ".join(sets) or "-"
+    if family == "svm" and params.get("features") == "egemaps":
+        return "eGeMAPS functionals (openSMILE, 88 values per clip)"
+    if family in ("mlp", "svm"):
+        stats = ", ".join(features.get("stats", [])) or "-"
+        return f"{names}, pooled per clip ({stats})"
+    return f"{names} frame sequences"
+
+
 def render_card(config: Mapping[str, Any], metrics: Mapping[str, Any], card: ModelCard) -> str:
     """Fill the model-card template from a bundle's config, metrics and card text."""
     model = config["model"]
@@ -326,8 +341,7 @@ def render_card(config: Mapping[str, Any], metrics: Mapping[str, Any], card: Mod
         labels=", ".join(model["labels"]),
         family=model["family"],
         params=", ".join(f"`{k}={v}`" for k, v in params.items()) or "defaults",
-        feature_sets=", ".join(features.get("sets", [])) or "-",
-        stats=", ".join(features.get("stats", [])) or "-",
+        features_desc=_describe_features(model["family"], features, params),
         sample_rate=config["sample_rate"],
         trim="yes" if config["preprocessing"]["trim_silence"] else "no",
         min_duration=config["preprocessing"]["min_duration"],
