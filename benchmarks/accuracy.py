@@ -248,7 +248,7 @@ def run(args: argparse.Namespace) -> int:
         methods.append((name, None, baseline_fit(name, memo, args.seed), True))
     for family, path in families.items():
         cfg = load_family_config(path, epochs_scale=args.epochs_scale, device=args.device)
-        methods.append((family, cfg, None, bool(cfg.data.trim)))
+        methods.append((family, cfg, None, bool(cfg.data.trim_silence)))
 
     for name, cfg, fit, trim in methods:
         console.rule(name)

@@ -1,0 +1,76 @@
+"""Smoke runs of the benchmark scripts on tiny synthetic data, so they keep working between full runs.
+
+Each script is run end to end with its smallest settings (a few synthetic clips, a fraction of an
+epoch); the numbers are meaningless here, only that every code path runs and writes its outputs.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import soundfile as sf
+
+from conftest import REPO, synth_speech
+
+SR = 16_000
+# RAVDESS emotion codes 01..08 and a pitch per emotion, so the tiny corpus is learnable
+CODES = {f"{i:02d}": 90.0 + 20.0 * i for i in range(1, 9)}
+
+
+def _script(name: str) -> ModuleType:
+    path = REPO / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _fake_ravdess(root: Path, actors: int = 4, seconds: float = 0.6) -> Path:
+    """``root/ravdess/Actor_NN/03-01-EE-01-01-01-NN.wav``: RAVDESS naming, synthetic speech."""
+    for a in range(1, actors + 1):
+        folder = root / "ravdess" / f"Actor_{a:02d}"
+        folder.mkdir(parents=True)
+        for code, f0 in CODES.items():
+            for statement in ("01", "02"):
+                wave = synth_speech(seconds, SR, f0=f0 * (1 + 0.02 * a), seed=10 * a + int(statement))
+                sf.write(folder / f"03-01-{code}-01-{statement}-01-{a:02d}.wav", wave, SR)
+    return root
+
+
+def test_accuracy_benchmark_runs_baselines_and_a_family(tmp_path: Path) -> None:
+    corpora = _fake_ravdess(tmp_path / "corpora")
+    out = tmp_path / "acc"
+    argv = ["--corpora", str(corpora), "--families", "notebook-mlp,mlp", "--folds", "2"]
+    assert _script("accuracy").main([*argv, "--epochs-scale", "0.05", "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert set(results) == {"notebook-mlp", "mlp", "protocol"}
+    for name in ("notebook-mlp", "mlp"):
+        assert results[name]["folds"] == 2 and 0.0 <= results[name]["ua"]["mean"] <= 1.0
+        assert (out / name / "report.md").is_file()
+    assert "| mlp |" in (out / "results.md").read_text()
+
+
+def test_features_benchmark_runs(tmp_path: Path, capsys) -> None:
+    corpora = _fake_ravdess(tmp_path / "corpora", actors=1)
+    argv = ["--corpus", str(corpora / "ravdess"), "--limit", "6", "--device", "cpu", "--batch-size", "4"]
+    assert _script("features").main([*argv, "--threads", "1", "--decode-workers", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "6 files of ravdess" in out and "emovox cpu" in out
+
+
+def test_inference_benchmark_runs_with_the_default_model(tmp_path: Path) -> None:
+    corpora = _fake_ravdess(tmp_path / "corpora", actors=1)
+    out = tmp_path / "inference.json"
+    argv = ["--corpus", str(corpora / "ravdess"), "--clips", "4", "--runs", "2", "--warmup", "1"]
+    assert _script("inference").main([*argv, "--repeats", "1", "--threads", "1", "--json-out", str(out)]) == 0
+    results = json.loads(out.read_text())["results"]
+    assert set(results) == {"emovox torch", "emovox onnx", "librosa + MLP"}
+    for r in results.values():
+        assert r["single"]["median_ms"] > 0 and np.isfinite(r["batch"]["rtf"])
