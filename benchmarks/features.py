@@ -13,8 +13,8 @@ and a 64-band log-mel spectrogram, with n_fft 512, 25 ms windows, 10 ms hop.
   and, when available, CUDA.
 
 Decoding is timed on both sides; the run also prints the ceiling decoding puts on the ratio (the
-librosa time over emovox's decoding time alone). Both get one warm-up clip first (librosa's numba JIT, torch's
-kernel selection). Prints files/s, the speed-up and a markdown line for BENCHMARKS.md.
+librosa time over emovox's decoding time alone). Both get one warm-up clip first (librosa's numba
+JIT, torch's kernel selection). Prints files/s, the speed-up and a markdown line for BENCHMARKS.md.
 
     python benchmarks/features.py                       # whole corpus, CPU (+ CUDA when present)
     python benchmarks/features.py --limit 100 --device cpu --threads 2
