@@ -512,7 +512,10 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
-def _fmt(x: float) -> str:
+def _fmt(x: float | None) -> str:
+    """Three decimals; ``-`` for a score that does not exist (no validation data: None or NaN)."""
+    if x is None or x != x:
+        return "-"
     return f"{x:.3f}"
 
 
