@@ -35,6 +35,8 @@ ATOL = 1e-4
 FAMILIES = {
     "mlp": (FeatureConfig(sets=("mfcc",), n_mfcc=20, stats=("mean", "std", "max")), {"hidden": [16]}),
     "cnn2d": (FeatureConfig(sets=("logmel",), n_mels=32), {"channels": [4, 8]}),
+    # GRU: torch's dynamo exporter cannot decompose aten.gru, so this one takes the TorchScript path
+    "crnn": (FeatureConfig(sets=("logmel",), n_mels=32), {"channels": [4, 8], "rnn": "gru", "hidden": 8}),
 }
 
 
@@ -114,6 +116,17 @@ def test_onnxruntime_matches_pytorch_on_real_clips(
     odd = [clips[0][8000:17600], np.concatenate([clips[1], clips[2]])]
     assert np.abs(ort_probabilities(onnx_path, odd) - torch_probabilities(bundle, odd)).max() <= ATOL
     assert np.allclose(batched.sum(1), 1, atol=1e-5)
+
+
+def test_gru_crnn_exports_and_matches_pytorch(tmp_path: Path, clips: list[np.ndarray]) -> None:
+    """A bidirectional-GRU crnn (the shipped crnn configs) exports, dynamic in batch and time."""
+    path = make_bundle(tmp_path, "crnn")
+    out, diff = export_cli(str(path))
+    assert f"wrote {path / ONNX_FILE}" in out and diff <= ATOL
+    onnx_path = path / ONNX_FILE
+    assert np.abs(ort_probabilities(onnx_path, clips) - torch_probabilities(path, clips)).max() <= ATOL
+    odd = [clips[0][8000:17600], np.concatenate([clips[1], clips[2]])]
+    assert np.abs(ort_probabilities(onnx_path, odd) - torch_probabilities(path, odd)).max() <= ATOL
 
 
 def test_export_into_bundle_is_registered(mlp_bundle: Path) -> None:

@@ -20,7 +20,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -140,6 +140,47 @@ def _pad(waves: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     return batch, lengths
 
 
+def _export_dynamo(model: torch.nn.Module, args: tuple[Any, ...], path: Path, opset: int) -> None:
+    """torch.export-based exporter, dynamic batch and time axes."""
+    import torch
+
+    batch, time = torch.export.Dim("batch", min=1), torch.export.Dim("time", min=1024)
+    with _quiet_exporter():
+        program = torch.onnx.export(
+            model,
+            args,
+            dynamo=True,
+            opset_version=opset,
+            input_names=list(INPUT_NAMES),
+            output_names=[OUTPUT_NAME],
+            dynamic_shapes={"wave": {0: batch, 1: time}, "lengths": {0: batch}},
+            external_data=False,
+            verbose=False,
+        )
+        program.save(str(path))
+
+
+def _export_torchscript(model: torch.nn.Module, args: tuple[Any, ...], path: Path, opset: int) -> None:
+    """The TorchScript (tracing) exporter, dynamic batch and time axes: the fallback."""
+    import torch
+
+    with _quiet_exporter():
+        torch.onnx.export(
+            model,
+            args,
+            str(path),
+            dynamo=False,
+            opset_version=opset,
+            input_names=list(INPUT_NAMES),
+            output_names=[OUTPUT_NAME],
+            dynamic_axes={
+                "wave": {0: "batch", 1: "time"},
+                "lengths": {0: "batch"},
+                OUTPUT_NAME: {0: "batch"},
+            },
+        )
+
+
 def export_onnx(
     net: EmotionNet,
     out: str | Path,
@@ -171,26 +212,21 @@ def export_onnx(
     try:
         trace = synthetic_clips()[:2]
         example = _pad([clip[:n] for clip, n in zip(trace, TRACE_SAMPLES, strict=True)])
-        batch, time = torch.export.Dim("batch", min=1), torch.export.Dim("time", min=1024)
+        args = (torch.from_numpy(example[0]), torch.from_numpy(example[1]))
         try:
-            with _quiet_exporter():
-                program = torch.onnx.export(
-                    model,
-                    (torch.from_numpy(example[0]), torch.from_numpy(example[1])),
-                    dynamo=True,
-                    opset_version=opset,
-                    input_names=list(INPUT_NAMES),
-                    output_names=[OUTPUT_NAME],
-                    dynamic_shapes={"wave": {0: batch, 1: time}, "lengths": {0: batch}},
-                    external_data=False,
-                    verbose=False,
-                )
-                program.save(str(tmp))
+            _export_dynamo(model, args, tmp, opset)
         except OSError as exc:
             raise ExportError(f"{out}: cannot write the ONNX model ({exc.strerror or exc})") from None
         except Exception as exc:  # the exporter raises many internal error types
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise ExportError(f"ONNX export of the {net.family} model failed: {first}") from exc
+            # torch 2.13's dynamo exporter cannot decompose aten.gru (GRU crnn/lstm models); the
+            # TorchScript exporter maps it to ONNX's GRU op. The result is verified the same way.
+            try:
+                _export_torchscript(model, args, tmp, opset)
+            except OSError as exc2:
+                raise ExportError(f"{out}: cannot write the ONNX model ({exc2.strerror or exc2})") from None
+            except Exception:
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                raise ExportError(f"ONNX export of the {net.family} model failed: {first}") from exc
         diff = verify_onnx(model, tmp, clips, atol=atol)
         written = _written_opset(tmp, opset)
         try:
