@@ -425,7 +425,8 @@ def read_ct2_model(parts: Sequence[Path] | CT2Source, *, expect_spec: str | None
         version = _u32(r, "the binary version")
         if version == 0 or version > MAX_BINARY_VERSION:
             raise ConversionError(
-                f"{r.name}: binary version {version} is not supported (this reader knows 1-{MAX_BINARY_VERSION}); "
+                f"{r.name}: binary version {version} is not supported "
+                f"(this reader knows 1-{MAX_BINARY_VERSION}); "
                 "not a CTranslate2 model, or one from a newer CTranslate2"
             )
         spec, revision = "", 1
@@ -462,7 +463,8 @@ def read_ct2_model(parts: Sequence[Path] | CT2Source, *, expect_spec: str | None
             n_items = int(np.prod(shape, dtype=np.int64)) if shape else 1
             if nbytes != n_items * dtype.itemsize:
                 raise ConversionError(
-                    f"{r.name}: variable {name!r} of shape {tuple(shape)} has an invalid payload size {nbytes}"
+                    f"{r.name}: variable {name!r} of shape {tuple(shape)} "
+                    f"has an invalid payload size {nbytes}"
                 )
             data = r.read(nbytes, f"the data of {name!r}")
             arr = np.frombuffer(data, dtype=dtype).reshape(shape)
@@ -507,7 +509,8 @@ def _refuse_quantized(model: CT2Model) -> None:
     if scaled:
         raise ConversionError(
             f"the CTranslate2 model is quantised ({scaled[0]} and {len(scaled) - 1} more scale variables); "
-            "convert an unquantised (float16/float32) model: dequantising cannot give back the original weights"
+            "convert an unquantised (float16/float32) model: dequantising cannot give back "
+            "the original weights"
         )
     weights = [n for n, v in model.variables.items() if v.ndim >= 2 and v.dtype.kind != "f"]
     if weights:
@@ -535,6 +538,7 @@ class _Dims:
 
 
 def _dims(model: CT2Model) -> _Dims:
+    _refuse_quantized(model)
     need = [
         "encoder/conv1/weight",
         "encoder/conv2/weight",
@@ -622,7 +626,8 @@ def hf_state_dict(model: CT2Model, dtype: str = "float32") -> dict[str, np.ndarr
         d = dims.d_model
         if w.shape != (d * len(dsts), d) or b.shape != (d * len(dsts),):
             raise ConversionError(
-                f"{src}: fused projection of shape {w.shape} / bias {b.shape}, expected ({d * len(dsts)}, {d})"
+                f"{src}: fused projection of shape {w.shape} / bias {b.shape}, "
+                f"expected ({d * len(dsts)}, {d})"
             )
         for i, dst in enumerate(dsts):
             put(f"{dst}.weight", w[i * d : (i + 1) * d])
@@ -828,7 +833,8 @@ def _tokenizer_files(source: CT2Source, out: Path, dims: _Dims) -> list[str]:
             if t in by_id:
                 if by_id[t] != i:
                     raise ConversionError(
-                        f"{source.tokenizer}: token {t!r} has id {by_id[t]} but {source.vocabulary} puts it at {i}"
+                        f"{source.tokenizer}: token {t!r} has id {by_id[t]} "
+                        f"but {source.vocabulary} puts it at {i}"
                     )
                 continue
             if i < n_known:
@@ -1020,59 +1026,86 @@ def verify_conversion(
     audio: str | os.PathLike[str],
     *,
     language: str = "en",
+    max_new_tokens: int = 64,
 ) -> dict[str, object]:
-    """Transcribe ``audio`` with the converted model (transformers, greedy) and with the original
-    through ``ctranslate2.models.Whisper`` (greedy, float32), and compare the encoder outputs.
+    """Check a conversion against CTranslate2 itself on one clip.
 
-    Returns ``{"hf_text", "ct2_text", "same_text", "encoder_max_abs_diff", "encoder_max_abs",
-    "audio"}``. Needs ``transformers``, ``ctranslate2`` and ``soundfile``.
+    The same 30 s log-mel input (``WhisperFeatureExtractor`` of the converted directory) goes to
+    the converted model through ``transformers`` and to the original through
+    ``ctranslate2.models.Whisper`` (CPU, float32 compute). Compared: the greedy transcripts, the
+    encoder outputs and the decoder logits along CTranslate2's greedy sequence (tokens CTranslate2
+    suppresses, logit -FLT_MAX, are left out).
+
+    Returns a JSON-able dict: ``audio``, ``hf_text``, ``ct2_text``, ``same_text``, ``same_tokens``,
+    ``encoder_max_abs_diff``, ``encoder_max_abs``, ``encoder_shape``, ``decoder_logits_max_abs_diff``
+    (None when this ctranslate2 cannot return logits), ``decoder_logits_max_abs``.
+    Needs ``transformers`` and ``ctranslate2``.
     """
     try:
         import ctranslate2
-        import soundfile as sf
         import torch
         from transformers import WhisperForConditionalGeneration, WhisperProcessor
     except ImportError as exc:
         raise ConversionError(
-            f"verifying a conversion needs transformers and ctranslate2 ({exc}); pip install 'emovox[encoders,convert]'"
+            f"verifying a conversion needs transformers and ctranslate2 ({exc}); "
+            "pip install 'emovox[encoders,convert]'"
         ) from exc
     from emovox.audio import load_audio
 
     src = source if isinstance(source, CT2Source) else find_source(source)
     wave = load_audio(Path(audio))
-    del sf
     processor = WhisperProcessor.from_pretrained(str(hf_dir))
-    model = WhisperForConditionalGeneration.from_pretrained(str(hf_dir), dtype=torch.float32).eval()
+    model = WhisperForConditionalGeneration.from_pretrained(str(hf_dir)).float().eval()
     feats = processor.feature_extractor(wave, sampling_rate=16000, return_tensors="np").input_features
-    feats = np.ascontiguousarray(feats.astype(np.float32))
+    feats = np.ascontiguousarray(feats, dtype=np.float32)
+    prompt = _prompt(_vocabulary(src) or list(processor.tokenizer.get_vocab()), language)
+    prompt_ids = processor.tokenizer.convert_tokens_to_ids(prompt)
+
+    with tempfile.TemporaryDirectory(prefix="ct2-") as tmp:
+        ct2 = ctranslate2.models.Whisper(
+            str(assemble_ct2_dir(src, tmp)), device="cpu", compute_type="float32", inter_threads=1
+        )
+        sv = ctranslate2.StorageView.from_array(feats)
+        enc_ct2 = np.array(ct2.encode(sv, to_cpu=True))
+        kwargs: dict[str, object] = {"beam_size": 1, "max_length": max_new_tokens}
+        try:
+            res = ct2.generate(sv, [prompt], return_logits_vocab=True, **kwargs)[0]
+            logits_ct2 = np.stack([np.array(step).reshape(-1) for step in res.logits[0]])
+        except TypeError:  # ctranslate2 older than return_logits_vocab
+            res = ct2.generate(sv, [prompt], **kwargs)[0]
+            logits_ct2 = None
+        del ct2
+    ct2_ids = list(res.sequences_ids[0])
+
     with torch.inference_mode():
         x = torch.from_numpy(feats)
         enc_hf = model.model.encoder(x).last_hidden_state.numpy()
-        gen_kwargs: dict[str, object] = {"do_sample": False, "num_beams": 1, "max_new_tokens": 96}
-        if model.generation_config.is_multilingual:
+        gen_kwargs: dict[str, object] = {"do_sample": False, "num_beams": 1, "max_new_tokens": max_new_tokens}
+        if getattr(model.generation_config, "is_multilingual", False):
             gen_kwargs.update(language=language, task="transcribe")
-        ids = model.generate(x, **gen_kwargs)
-    hf_text = processor.tokenizer.batch_decode(ids, skip_special_tokens=True)[0].strip()
-
-    with tempfile.TemporaryDirectory(prefix="ct2-") as tmp:
-        ct2_dir = assemble_ct2_dir(src, tmp)
-        ct2 = ctranslate2.models.Whisper(str(ct2_dir), device="cpu", compute_type="float32", inter_threads=1)
-        sv = ctranslate2.StorageView.from_array(feats)
-        enc_ct2 = np.array(ct2.encode(sv, to_cpu=True))
-        tokens = _vocabulary(src) or []
-        res = ct2.generate(sv, [_prompt(tokens, language)], beam_size=1, max_length=96)
-        del ct2
-    ct2_ids = res[0].sequences_ids[0]
+        out = model.generate(x, **gen_kwargs)
+        hf_ids = [int(t) for t in out[0] if int(t) not in prompt_ids and int(t) != model.config.eos_token_id]
+        decoder_diff = decoder_max = None
+        if logits_ct2 is not None:
+            teacher = torch.tensor([prompt_ids + ct2_ids])
+            logits_hf = model(input_features=x, decoder_input_ids=teacher).logits[0].numpy()
+            logits_hf = logits_hf[len(prompt_ids) - 1 : len(prompt_ids) - 1 + len(logits_ct2)]
+            kept = logits_ct2 > -1e30
+            decoder_diff = float(np.max(np.abs(logits_hf - logits_ct2)[kept]))
+            decoder_max = float(np.max(np.abs(logits_hf[kept])))
+    hf_text = processor.tokenizer.decode(out[0], skip_special_tokens=True).strip()
     ct2_text = processor.tokenizer.decode(ct2_ids, skip_special_tokens=True).strip()
-    diff = float(np.max(np.abs(enc_hf.astype(np.float64) - enc_ct2.astype(np.float64))))
     return {
         "audio": str(audio),
         "hf_text": hf_text,
         "ct2_text": ct2_text,
         "same_text": hf_text == ct2_text,
-        "encoder_max_abs_diff": diff,
+        "same_tokens": hf_ids == [t for t in ct2_ids if t != model.config.eos_token_id],
+        "encoder_max_abs_diff": float(np.max(np.abs(enc_hf.astype(np.float64) - enc_ct2))),
         "encoder_max_abs": float(np.max(np.abs(enc_ct2))),
         "encoder_shape": list(enc_ct2.shape),
+        "decoder_logits_max_abs_diff": decoder_diff,
+        "decoder_logits_max_abs": decoder_max,
     }
 
 
