@@ -433,17 +433,17 @@ def test_cli_ctrl_c_saves_last_checkpoint_and_resume_finishes(
 
     from typer.testing import CliRunner
 
-    import emovox.training as training
+    import emovox.fitting as fitting
     from emovox.cli import app
 
     out = tmp_path / "run"
-    real_fit = training.fit
+    real_fit = fitting.fit
 
     def interrupted_fit(cfg: RunConfig, train: Any, val: Any, run_dir: Path, **kwargs: Any) -> Any:
         kwargs["callbacks"] = [_StopIn(epoch=1, batch=1)]  # during the second epoch
         return real_fit(cfg, train, val, run_dir, **kwargs)
 
-    monkeypatch.setattr(training, "fit", interrupted_fit)
+    monkeypatch.setattr(fitting, "fit", interrupted_fit)
     handler = signal.getsignal(signal.SIGINT)
     cfg = _write_config(tmp_path, corpus, "mlp")
     first = CliRunner().invoke(app, ["train", "-c", str(cfg), "-o", str(out), "train.epochs=3"])
@@ -456,7 +456,7 @@ def test_cli_ctrl_c_saves_last_checkpoint_and_resume_finishes(
     assert saved["epoch"] == 1 and saved["global_step"] == 5  # 3 steps per epoch: mid-epoch 2
     assert [h["epoch"] for h in saved["emovox_history"]] == [1]
 
-    monkeypatch.setattr(training, "fit", real_fit)
+    monkeypatch.setattr(fitting, "fit", real_fit)
     # resume with its saved config; an override may extend the run
     resumed = CliRunner().invoke(app, ["train", "--resume", str(out), "train.epochs=4"])
     assert resumed.exit_code == 0, resumed.output

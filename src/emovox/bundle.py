@@ -34,8 +34,9 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from emovox import __version__
+from emovox._version import __version__
 from emovox.errors import BundleError, ConfigError, EmovoxError
+from emovox.jsonutil import jsonable
 
 if TYPE_CHECKING:
     from emovox.models import EmotionNet
@@ -143,10 +144,10 @@ def save_bundle(
             "model": model_config,
             "sample_rate": int(model_config["features"]["sample_rate"]),
             "preprocessing": prep,
-            "training": _jsonable(dict(training or {})),
+            "training": jsonable(dict(training or {})),
             "sha256": {WEIGHTS_FILE: sha256_file(tmp / WEIGHTS_FILE)},
         }
-        metrics_json = _jsonable(dict(metrics))
+        metrics_json = jsonable(dict(metrics))
         _write_text(tmp / METRICS_FILE, json.dumps(metrics_json, indent=2) + "\n")
         _write_text(tmp / CARD_FILE, render_card(config, metrics_json, model_card))
         _write_text(tmp / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
@@ -243,19 +244,6 @@ def _preprocessing(preprocessing: Mapping[str, Any] | None) -> dict[str, Any]:
             raise ConfigError(f"bundle preprocessing: unknown key(s) {', '.join(unknown)}")
         prep.update(preprocessing)
     return {"trim_silence": bool(prep["trim_silence"]), "min_duration": float(prep["min_duration"])}
-
-
-def _jsonable(value: Any) -> Any:
-    """Plain JSON types from NumPy scalars/arrays, tuples and Paths (so metrics from anywhere serialise)."""
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    if hasattr(value, "tolist"):  # numpy arrays and scalars, torch tensors
-        return _jsonable(value.tolist())
-    return value
 
 
 # --------------------------------------------------------------------------- model card

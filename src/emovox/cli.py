@@ -173,18 +173,7 @@ def data_fetch(
 
 
 # --------------------------------------------------------------------------- train / evaluate / cv
-# (owned by emovox.training / emovox.evaluation)
-
-# evaluate / cv: emovox.evaluation
-
-
-def _run_dir(out: Path | None, name: str) -> Path:
-    """``out`` if given, else ``runs/<name>-<YYYYmmdd-HHMMSS>/`` (the run-directory contract)."""
-    from datetime import datetime
-
-    path = out if out is not None else Path("runs") / f"{name}-{datetime.now():%Y%m%d-%H%M%S}"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+# (owned by emovox.runs / emovox.crossval: run folders, splits from config, fit, score, report)
 
 
 def _scores_table(title: str, metrics: dict[str, Any]) -> Any:
@@ -238,21 +227,18 @@ def evaluate(
     device: Annotated[str, typer.Option("--device", help="torch device: cpu, cuda, cuda:1, mps.")] = "cpu",
 ) -> None:
     """Evaluate a saved model on a labelled test set: metrics.json, report.md, plots, predictions.csv."""
-    from emovox.bundle import read_meta
-    from emovox.corpora import load_corpus
-    from emovox.evaluation import evaluate_bundle, resolve_model_path, write_report
-    from emovox.splits import holdout_speakers
+    from emovox.runs import run_evaluation
 
     try:
-        read_meta(resolve_model_path(model))  # a bad --model fails before the corpus is scanned
-        utts = load_corpus(data_path, corpus).utterances
-        chosen = _speaker_list(speakers)
-        if chosen:
-            utts = [utts[i] for i in holdout_speakers(utts, chosen).test]
-        metrics = evaluate_bundle(model, utts, shared_only=shared_emotions, device=device)
-        run_dir = _run_dir(out, "eval")
-        title = f"Evaluation of {metrics['model']['path']} on {data_path}"
-        report = write_report(run_dir, metrics, title=title, data_utts=utts)
+        metrics, report = run_evaluation(
+            model,
+            data_path,
+            corpus=corpus,
+            speakers=_speaker_list(speakers),
+            shared_only=shared_emotions,
+            device=device,
+            out=out,
+        )
     except EmovoxError as exc:
         raise fail(str(exc)) from None
     if metrics["shared_emotions"]:
@@ -313,79 +299,22 @@ def cv(
     Protocol: speaker-grouped k-fold (default), --loso, or train-on-A / test-on-B when the config's
     split.protocol is cross_corpus (scored on the emotions both corpora share).
     """
-    import warnings
-
-    import numpy as np
-
-    from emovox import splits as sp
     from emovox.config import load_config
-    from emovox.corpora import load_corpus
-    from emovox.errors import ConfigError
-    from emovox.evaluation import LEAK_WARNING, cross_validate, write_report
+    from emovox.crossval import cv_splits, run_cv
+    from emovox.reports import LEAK_WARNING
+    from emovox.runs import new_run_dir
 
     if folds is not None and loso:
         raise fail("--folds and --loso are alternatives; pass one")
     try:
         cfg = load_config(config, list(overrides or []))
-        if not cfg.data.path:
-            raise ConfigError(f"{config}: data.path is not set (the corpus to cross-validate on)")
-        utts = load_corpus(cfg.data.path, cfg.data.corpus, emotions=cfg.data.emotions).utterances
-        shared_only = False
-        if leaky_random_split:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                splits = [sp.random_split_leaks_speakers(utts, 0.2, cfg.train.seed)]
-            protocol = f"random utterance split, 20% test ({LEAK_WARNING})"
-        elif cfg.split.protocol == "cross_corpus" and not (folds or loso):
-            if not cfg.split.test_path:
-                raise ConfigError(f"{config}: split.protocol is cross_corpus but split.test_path is not set")
-            test = load_corpus(
-                cfg.split.test_path, cfg.split.test_corpus, emotions=cfg.data.emotions
-            ).utterances
-            train_idx, test_idx, shared = sp.cross_corpus(utts, test)
-            splits = [sp.Split(train_idx, test_idx + len(utts), "cross-corpus")]
-            utts = [*utts, *test]
-            shared_only = True
-            protocol = (
-                f"cross-corpus: train on {cfg.data.path}, test on {cfg.split.test_path} ({', '.join(shared)})"
-            )
-        elif loso or (cfg.split.protocol == "loso" and folds is None):
-            splits = sp.leave_one_speaker_out(utts)
-            protocol = f"leave-one-speaker-out cross-validation, {len(splits)} folds"
-        else:
-            k = folds or cfg.split.folds
-            splits = sp.speaker_kfold(utts, k=k, seed=cfg.train.seed)
-            protocol = f"speaker-grouped {k}-fold cross-validation (seed {cfg.train.seed})"
-        if cfg.data.extra:
-            # extra corpora only ever add training speakers
-            extra = [
-                u
-                for src in cfg.data.extra
-                for u in load_corpus(src.path, src.corpus, emotions=cfg.data.emotions).utterances
-            ]
-            extra_idx = np.arange(len(utts), len(utts) + len(extra))
-            splits = [sp.Split(np.concatenate([s.train, extra_idx]), s.test, s.name) for s in splits]
-            utts = [*utts, *extra]
-            protocol += f"; {len(extra)} clips of extra corpora added to every training side"
+        plan = cv_splits(
+            cfg, folds=folds, loso=loso, leaky_random_split=leaky_random_split, source=str(config)
+        )
         if leaky_random_split:
             err_console.print(f"[bold yellow]warning:[/] --leaky-random-split: {LEAK_WARNING}")
-        run_dir = _run_dir(out, f"cv-{cfg.name or cfg.model.family}")
-        cfg.dump(run_dir / "config.yaml")
-        res = cross_validate(
-            cfg,
-            utts,
-            splits,
-            run_dir,
-            val_fraction=cfg.train.val_fraction,
-            seed=cfg.train.seed,
-            trim=cfg.data.trim_silence,
-            shared_only=shared_only,
-            allow_speaker_leak=leaky_random_split,
-            protocol=protocol,
-        )
-        report = write_report(
-            run_dir, res, title=f"{cfg.name or cfg.model.family}: {protocol}", config=cfg.to_dict()
-        )
+        run_dir = new_run_dir(out, f"cv-{cfg.name or cfg.model.family}")
+        res, report = run_cv(cfg, plan, run_dir)
     except EmovoxError as exc:
         raise fail(str(exc)) from None
     console.print(_cv_table(res))
@@ -394,7 +323,7 @@ def cv(
     console.print(f"report: {report}", highlight=False)
 
 
-# train: emovox.training (run_training does the work: split, fit, evaluate, report, bundle)
+# train: emovox.runs (run_training does the work: split, fit, evaluate, report, bundle)
 
 
 def _devices_value(devices: str) -> str:
@@ -403,6 +332,28 @@ def _devices_value(devices: str) -> str:
     if "," in text:
         return "[" + ", ".join(part.strip() for part in text.split(",") if part.strip()) + "]"
     return text
+
+
+def _train_overrides(overrides: list[str] | None, flags: dict[str, str | None]) -> list[str]:
+    """``section.key=value`` overrides plus the hardware flags as ``train.<flag>=<value>``."""
+    extra = list(overrides or [])
+    for key, value in flags.items():
+        if value is not None:
+            extra.append(f"train.{key}={_devices_value(value) if key == 'devices' else value}")
+    return extra
+
+
+def _check_train_options(config: Path | None, out: Path | None, resume: Path | None) -> None:
+    """--config, --out and --resume combinations that make no sense end here with one line."""
+    if resume is not None and config is not None:
+        raise fail(
+            "--resume continues RUN_DIR with its own config.yaml; leave out --config "
+            "(overrides such as train.epochs=40 still apply)"
+        )
+    if resume is not None and out is not None and out.resolve() != resume.resolve():
+        raise fail("--resume writes into RUN_DIR itself; leave out --out")
+    if resume is None and config is None:
+        raise fail("pass --config CONFIG.yaml (e.g. configs/ravdess_crnn.yaml), or --resume RUN_DIR")
 
 
 def _train_header(cfg: Any, split: Any, run_dir: Path) -> None:
@@ -464,27 +415,16 @@ def train(
     Ctrl-C saves checkpoints/last.ckpt; --resume RUN_DIR continues it.
     """
     import os
-    from datetime import datetime
 
     from emovox.config import load_config
     from emovox.errors import ConfigError
-    from emovox.training import BUNDLE_DIR, TrainingInterrupted, is_global_zero, run_training, training_split
+    from emovox.fitting import FITTERS, TrainingInterrupted
+    from emovox.runs import is_global_zero, run_training, train_run_dir, training_split
 
     worker = not is_global_zero()  # a DDP worker process re-running this command line
-    extra = list(overrides or [])
     flags = {"devices": devices, "strategy": strategy, "precision": precision, "accelerator": accelerator}
-    for key, value in flags.items():
-        if value is not None:
-            extra.append(f"train.{key}={_devices_value(value) if key == 'devices' else value}")
-    if resume is not None and config is not None:
-        raise fail(
-            "--resume continues RUN_DIR with its own config.yaml; leave out --config "
-            "(overrides such as train.epochs=40 still apply)"
-        )
-    if resume is not None and out is not None and out.resolve() != resume.resolve():
-        raise fail("--resume writes into RUN_DIR itself; leave out --out")
-    if resume is None and config is None:
-        raise fail("pass --config CONFIG.yaml (e.g. configs/ravdess_crnn.yaml), or --resume RUN_DIR")
+    extra = _train_overrides(overrides, flags)
+    _check_train_options(config, out, resume)
     try:
         if resume is not None:
             config_path = resume / "config.yaml"
@@ -494,22 +434,15 @@ def train(
             assert config is not None
             config_path = config
         cfg = load_config(config_path, extra)
-        if resume is not None and cfg.model.family == "svm":
-            raise ConfigError(f"{resume}: svm runs have no checkpoints to resume; train again")
+        if resume is not None and not FITTERS[cfg.model.family].resumable:
+            raise ConfigError(f"{resume}: {cfg.model.family} runs have no checkpoints to resume; train again")
         split = training_split(cfg, source=str(config_path))
         if resume is not None:
             run_dir = resume
         elif worker and os.environ.get("EMOVOX_RUN_DIR"):
             run_dir = Path(os.environ["EMOVOX_RUN_DIR"])
         else:
-            name = cfg.name or cfg.model.family
-            target = out or Path(cfg.out) / f"{name}-{datetime.now():%Y%m%d-%H%M%S}"
-            if any((target / "checkpoints").glob("*.ckpt")):
-                raise ConfigError(
-                    f"{target}: already holds a training run; continue it with --resume {target} "
-                    "or choose another --out"
-                )
-            run_dir = _run_dir(target, name)
+            run_dir = train_run_dir(cfg, out)
         if not worker:
             _train_header(cfg, split, run_dir)
         os.environ["EMOVOX_RUN_DIR"] = str(run_dir)  # DDP workers re-run this command: same folder
@@ -532,8 +465,12 @@ def train(
         raise typer.Exit(130) from None
     except EmovoxError as exc:
         raise fail(str(exc)) from None
-    if metrics is None:  # DDP worker: rank 0 reports
-        return
+    if metrics is not None:  # None in a DDP worker: rank 0 reports
+        _train_summary(cfg, metrics, run_dir)
+
+
+def _train_summary(cfg: Any, metrics: dict[str, Any], run_dir: Path) -> None:
+    """What a finished training run scored and where its files are."""
     if metrics["skipped"]:
         err_console.print(
             f"[yellow]{len(metrics['skipped'])} file(s) skipped (see {run_dir / 'report.md'})[/]"
@@ -550,11 +487,11 @@ def train(
         )
         err_console.print("[yellow]no test speakers (split.protocol: none): no speaker-independent score[/]")
     if training["bundle"]:
-        console.print(f"model bundle: {run_dir / BUNDLE_DIR}", highlight=False)
+        console.print(f"model bundle: {training['bundle']}", highlight=False)
     else:
         console.print(
-            "no model bundle: the svm family is not bundled (bundles hold safetensors weights, never "
-            "pickles); its scores and report are in the run folder",
+            f"no model bundle: the {cfg.model.family} family is not bundled (bundles hold safetensors "
+            "weights, never pickles); its scores and report are in the run folder",
             highlight=False,
         )
     console.print(f"report: {run_dir / 'report.md'}", highlight=False)
@@ -680,10 +617,9 @@ def predict(
     """
     import json
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from emovox.audio import SAMPLE_RATE
     from emovox.predict import Recognizer
+    from emovox.progress import progress_bar
 
     if backend not in ("torch", "onnx"):
         raise fail(f"--backend: unknown backend {backend!r} (choose torch or onnx)")
@@ -705,15 +641,7 @@ def predict(
 
     failed = len(problems)
     rows: list[tuple[Any, list[Any] | None]] = []
-    progress = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err_console,
-        transient=True,
-        disable=len(files) < 2 or not err_console.is_terminal,
-    )
+    progress = progress_bar(enabled=len(files) >= 2 and err_console.is_terminal, console=err_console)
 
     def skip(message: str) -> None:
         nonlocal failed

@@ -52,7 +52,7 @@ PRECISIONS = (
     "bf16",
 )
 
-# the SVM baseline's parameters and their defaults (see emovox.training.SVMClassifier)
+# the SVM baseline's parameters and their defaults (see emovox.svm.SVMClassifier)
 SVM_PARAMS: dict[str, Any] = {
     "features": "egemaps",  # "egemaps" (88 openSMILE functionals) or "stats" (pool_stats of features)
     "kernel": "rbf",  # "rbf" or "linear"

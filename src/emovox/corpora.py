@@ -5,9 +5,10 @@ Every corpus names its emotions, speakers and files differently. An adapter pars
 same :class:`Utterance` records, with emotions mapped onto :data:`EMOTIONS` and speakers made
 globally unique (``"<corpus>:<id>"``) so speaker-independent splits work across corpora.
 
-Adapters only parse names (and small metadata CSVs); no audio is decoded here. Files that do not
-fit the layout are kept in :attr:`Corpus.skipped` with the reason, so a summary can show why a
-clip was left out instead of silently dropping it.
+Adapters only parse names (and small metadata CSVs); no audio is decoded by them. Files that do
+not fit the layout are kept in :attr:`Corpus.skipped` with the reason, so a summary can show why a
+clip was left out instead of silently dropping it. :func:`load_waves` decodes a list of
+utterances (once each, threaded) for training and evaluation.
 """
 
 from __future__ import annotations
@@ -20,10 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import soundfile as sf
 
-from emovox.audio import AUDIO_EXTENSIONS
-from emovox.errors import CorpusError
+from emovox.audio import AUDIO_EXTENSIONS, iter_load
+from emovox.errors import AudioError, CorpusError
+from emovox.progress import progress_bar
 
 EMOTIONS: tuple[str, ...] = ("neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised")
 
@@ -613,3 +616,36 @@ def summarize(corpus: Corpus) -> dict[str, Any]:
         "unreadable": unreadable,
         "skipped": [{"path": str(p), "reason": r} for p, r in corpus.skipped],
     }
+
+
+# --------------------------------------------------------------------------- audio of utterances
+
+
+def load_waves(
+    utts: Sequence[Utterance],
+    *,
+    trim: bool = False,
+    min_duration: float = 0.0,
+    progress: bool = True,
+    description: str = "loading audio",
+    workers: int | None = None,
+) -> tuple[dict[Path, np.ndarray], list[tuple[Path, str]]]:
+    """Decode every utterance once (16 kHz mono): ``({path: wave}, [(path, reason) skipped])``.
+
+    ``trim`` / ``min_duration`` are the preprocessing the model is trained or was trained with. A
+    file that cannot be used (unreadable, silent, too short) is skipped with its reason rather than
+    ending a long evaluation; callers report the skipped list. Files are decoded on ``workers``
+    threads (default: one per core, see :func:`emovox.audio.iter_load`).
+    """
+    waves: dict[Path, np.ndarray] = {}
+    skipped: list[tuple[Path, str]] = []
+    paths = list(dict.fromkeys(u.path for u in utts))
+    with progress_bar(enabled=progress) as bar:
+        task = bar.add_task(description, total=len(paths))
+        for path, result in iter_load(paths, workers=workers, trim=trim, min_duration=min_duration):
+            if isinstance(result, AudioError):
+                skipped.append((Path(path), str(result)))
+            else:
+                waves[path] = result
+            bar.advance(task)
+    return waves, skipped

@@ -22,17 +22,11 @@ from dataclasses import dataclass, replace
 from http.client import HTTPException
 from pathlib import Path, PurePosixPath
 
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
+from rich import get_console
 
-from emovox import __version__
+from emovox._version import __version__
 from emovox.errors import EmovoxError
+from emovox.progress import progress_bar
 
 CHUNK = 1 << 16
 COMPLETE_MARKER = ".emovox-complete"
@@ -190,7 +184,7 @@ def _download(
         total = have + int(length) if length and length.isdigit() else None
         mode = "ab" if have else "wb"
         received = have
-        bar = _progress_bar(progress)
+        bar = progress_bar(enabled=progress, kind="bytes", transient=False, console=get_console())
         with bar, part.open(mode) as out:
             task = bar.add_task(label, total=total, completed=have)
             try:
@@ -207,17 +201,6 @@ def _download(
         raise DownloadError(
             f"{url}: download interrupted after {received} of {total} bytes; run the command again to resume"
         )
-
-
-def _progress_bar(enabled: bool) -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        disable=not enabled,
-    )
 
 
 def _digests(path: Path) -> dict[str, str]:

@@ -579,14 +579,14 @@ def extract_batched(
     Sorting by length keeps padding (wasted compute) small; results come back in input order.
     Runs on the extractor's device.
     """
-    from rich.progress import Progress
+    from emovox.progress import progress_bar
 
     if batch_size < 1:
         raise ConfigError(f"batch_size: must be >= 1, got {batch_size}")
     out: list[np.ndarray | None] = [None] * len(waves)
     order = sorted(range(len(waves)), key=lambda i: int(np.asarray(waves[i]).size))
     device = next(iter(extractor.buffers()), torch.empty(0)).device
-    with Progress(disable=not progress, transient=True) as bar:
+    with progress_bar(enabled=progress) as bar:
         task = bar.add_task(description, total=len(waves))
         with torch.inference_mode():
             for start in range(0, len(order), batch_size):
@@ -684,10 +684,10 @@ def egemaps(wave: np.ndarray, sr: int = 16000) -> np.ndarray:
 
 def egemaps_many(waves: Sequence[np.ndarray], sr: int = 16000, *, progress: bool = True) -> np.ndarray:
     """``[N, 88]`` eGeMAPS functionals for many waveforms, with a progress bar (openSMILE is per clip)."""
-    from rich.progress import Progress
+    from emovox.progress import progress_bar
 
     out = np.zeros((len(waves), EGEMAPS_DIM), dtype=np.float32)
-    with Progress(disable=not progress, transient=True) as bar:
+    with progress_bar(enabled=progress) as bar:
         task = bar.add_task("eGeMAPS", total=len(waves))
         for i, w in enumerate(waves):
             out[i] = egemaps(w, sr)

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from emovox.errors import ConfigError
 from emovox.features import FeatureConfig, FeatureExtractor, pool_stats
+from emovox.jsonutil import jsonable
 
 # --------------------------------------------------------------------------- masking helpers
 
@@ -476,7 +477,7 @@ class EmotionNet(nn.Module):
         return {
             "features": self.feature_cfg.to_dict(),
             "family": self.family,
-            "params": _jsonable(self.params),
+            "params": jsonable(self.params),
             "labels": list(self.labels),
         }
 
@@ -492,11 +493,3 @@ class EmotionNet(nn.Module):
             )
         except KeyError as exc:
             raise ConfigError(f"model config is missing the key {exc.args[0]!r}") from None
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value

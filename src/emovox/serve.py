@@ -49,6 +49,7 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from emovox.audio import SAMPLE_RATE, load_audio
 from emovox.errors import AudioError, ConfigError, EmovoxError
+from emovox.jsonutil import jsonable
 
 log = logging.getLogger("emovox.serve")
 
@@ -325,21 +326,6 @@ def _as_dict(obj: Any) -> dict[str, Any]:
     return dict(vars(obj))
 
 
-def _jsonable(value: Any) -> Any:
-    """NumPy scalars/arrays and nested containers -> plain JSON types."""
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, Path):
-        return str(value)
-    return value
-
-
 def prediction_dict(prediction: Any) -> dict[str, Any]:
     """The public fields of a Prediction: emotion, confidence, probabilities, duration."""
     return {
@@ -351,7 +337,7 @@ def prediction_dict(prediction: Any) -> dict[str, Any]:
 
 
 def segment_dict(segment: Any) -> dict[str, Any]:
-    d = _jsonable(_as_dict(segment))
+    d = jsonable(_as_dict(segment))
     return {k: v for k, v in d.items() if k != "path"}
 
 
@@ -407,7 +393,7 @@ def model_info(recognizer: RecognizerLike, model: str, settings: ServeSettings) 
     if meta.get("path"):
         readme = Path(meta["path"]) / "README.md"
         card = readme.read_text(encoding="utf-8") if readme.is_file() else ""
-    return _jsonable(
+    return jsonable(
         {
             "model": model,
             "labels": list(recognizer.labels),
@@ -706,7 +692,7 @@ def create_app(
     settings: ServeSettings | None = None,
 ) -> FastAPI:
     """Build the service around ``recognizer``, or load ``model`` ("default" or a bundle path) at start-up."""
-    from emovox import __version__
+    from emovox._version import __version__
 
     settings = settings or ServeSettings()
     service = _Service(

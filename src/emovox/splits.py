@@ -185,6 +185,26 @@ def validation_speakers(
     return fit, held
 
 
+def validation_split(
+    utts: Sequence[Utterance], train_idx: np.ndarray, fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray, str]:
+    """Carve validation data from a fold's training side: whole speakers when there are two or more.
+
+    With a single training speaker (e.g. TESS: train on one actress, test on the other) no speaker
+    can be spared, so an emotion-stratified ``fraction`` of that speaker's clips validates instead;
+    the test speakers stay unseen either way. ``fraction`` 0 means no validation data (the model
+    trains for its full epochs; the last weights are kept). Returns ``(fit_idx, val_idx, description)``.
+    """
+    if fraction <= 0:
+        return np.asarray(train_idx), np.asarray([], dtype=np.int64), "none"
+    if len({utts[i].speaker for i in train_idx}) >= 2:
+        fit_idx, val_idx = validation_speakers(utts, train_idx, fraction=fraction, seed=seed)
+        return fit_idx, val_idx, "speakers"
+    labels = [utts[i].emotion for i in train_idx]
+    fit_idx, val_idx = train_test_split(train_idx, test_size=fraction, random_state=seed, stratify=labels)
+    return np.sort(fit_idx), np.sort(val_idx), "clips of the single training speaker"
+
+
 def random_split_leaks_speakers(
     utts: Sequence[Utterance], test_fraction: float = 0.2, seed: int = 0
 ) -> Split:

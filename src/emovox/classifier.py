@@ -1,0 +1,70 @@
+"""The contracts between fitting and evaluation.
+
+A fit function (one per model family, registered in :data:`emovox.fitting.FITTERS`) receives a
+:class:`FitData` and returns a :class:`FitResult` whose ``model`` is a :class:`Classifier`: the
+only thing evaluation, cross-validation and reports need from a trained model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from emovox.config import RunConfig
+
+
+class Classifier(Protocol):
+    """What evaluation consumes: ``labels`` plus batched class probabilities for 16 kHz waveforms.
+
+    ``predict_proba(waves)`` takes 16 kHz mono float32 waveforms and returns ``[N, K]`` (rows sum
+    to 1, columns in ``labels`` order).
+    """
+
+    labels: list[str]
+
+    def predict_proba(self, waves: Sequence[np.ndarray]) -> np.ndarray: ...
+
+
+@dataclass
+class FitData:
+    """The decoded training and validation clips a fit function trains and selects on.
+
+    ``labels`` are the class names (canonical emotion order); ``train_y`` / ``val_y`` index them.
+    """
+
+    labels: list[str]
+    train_waves: list[np.ndarray]
+    train_y: list[int]
+    val_waves: list[np.ndarray]
+    val_y: list[int]
+
+
+@dataclass
+class FitResult:
+    """A trained classifier, its best validation UA (NaN without validation), per-epoch history and
+    the checkpoint it was loaded from (None for families that are not checkpointed, e.g. the SVM)."""
+
+    model: Any
+    best_val_ua: float
+    history: list[dict[str, float]] = field(default_factory=list)
+    checkpoint: Path | None = None
+
+
+class FitFunction(Protocol):
+    """The signature every family's fit function has (see :data:`emovox.fitting.FITTERS`)."""
+
+    def __call__(
+        self,
+        cfg: RunConfig,
+        data: FitData,
+        run_dir: Path,
+        *,
+        resume: bool,
+        progress: bool,
+        callbacks: Sequence[Any],
+    ) -> FitResult: ...

@@ -1,0 +1,200 @@
+"""The Lightning side of training the neural families: :class:`EmotionModule`, the LightningModule
+around an :class:`~emovox.models.EmotionNet` (cross-entropy, SpecAugment, mixup, label smoothing,
+class weights, Adam/AdamW with a warm-up + cosine or one-cycle schedule), and
+:class:`SaveOnInterrupt`, the callback that saves a resumable ``last.ckpt`` on Ctrl-C.
+
+Importing this module imports Lightning; :mod:`emovox.fitting` imports it only when a neural
+family is trained.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as nnf
+from torchmetrics import MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+from emovox.augment import SpecAugment
+from emovox.config import RunConfig
+from emovox.features import pool_stats
+from emovox.models import EmotionNet
+
+
+class EmotionModule(L.LightningModule):
+    """Cross-entropy training of an :class:`EmotionNet` with SpecAugment and mixup.
+
+    ``class_weights`` weight the loss per class (None: equal); ``steps_per_epoch`` is the fallback
+    for the schedule length when Lightning cannot estimate the optimiser steps.
+    """
+
+    def __init__(
+        self,
+        net: EmotionNet,
+        cfg: RunConfig,
+        class_weights: torch.Tensor | None = None,
+        steps_per_epoch: int = 1,
+    ) -> None:
+        super().__init__()
+        self.net = net
+        self.tcfg = cfg.train
+        self.steps_per_epoch = steps_per_epoch
+        n_classes = len(net.labels)
+        self.spec = SpecAugment(cfg.augment) if cfg.augment.spec_enabled and not net.pooled else None
+        self.register_buffer(
+            "class_weights",
+            class_weights if class_weights is not None else torch.ones(n_classes),
+            persistent=False,
+        )
+        self.val_ua = MulticlassAccuracy(num_classes=n_classes, average="macro")
+        self.val_wa = MulticlassAccuracy(num_classes=n_classes, average="micro")
+        self.val_loss = MeanMetric()
+        self.train_loss = MeanMetric()
+        self.history: list[dict[str, float]] = []
+
+    def _inputs(self, batch: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised backbone inputs from waveforms ``[B, T]`` or precomputed features ``[B, C, F]``."""
+        # features in float32 even under mixed precision: log-power in fp16 loses the quiet frames
+        with torch.autocast(device_type=self.device.type, enabled=False):
+            if batch.dim() == 2:
+                return self.net.inputs(batch.float(), lengths)
+            x = batch.float()
+            if self.net.pooled:
+                x = pool_stats(x, lengths, self.net.feature_cfg.stats)
+            return self.net.normalize(x, lengths), lengths
+
+    def _loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return nnf.cross_entropy(
+            logits.float(), target, weight=self.class_weights, label_smoothing=self.tcfg.label_smoothing
+        )
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        wave, lengths, target = batch
+        x, frames = self._inputs(wave, lengths)
+        if self.spec is not None:
+            x = self.spec(x, frames)
+        if self.tcfg.mixup > 0 and x.shape[0] > 1:
+            lam = float(np.random.beta(self.tcfg.mixup, self.tcfg.mixup))
+            perm = torch.randperm(x.shape[0], device=x.device)
+            x = lam * x + (1 - lam) * x[perm]
+            frames = torch.maximum(frames, frames[perm])
+            logits = self.net.backbone(x, frames)
+            loss = lam * self._loss(logits, target) + (1 - lam) * self._loss(logits, target[perm])
+        else:
+            loss = self._loss(self.net.backbone(x, frames), target)
+        self.train_loss.update(loss.detach())
+        self.log("loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=x.shape[0])
+        return loss
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        wave, lengths, target = batch
+        x, frames = self._inputs(wave, lengths)
+        logits = self.net.backbone(x, frames).float()
+        self.val_loss.update(nnf.cross_entropy(logits, target), weight=target.shape[0])
+        preds = logits.argmax(-1)
+        self.val_ua.update(preds, target)
+        self.val_wa.update(preds, target)
+
+    def _entry(self) -> dict[str, float]:
+        epoch = int(self.current_epoch) + 1
+        if not self.history or self.history[-1]["epoch"] != epoch:
+            self.history.append({"epoch": epoch})
+        return self.history[-1]
+
+    def on_validation_epoch_end(self) -> None:
+        ua, wa, vloss = self.val_ua.compute(), self.val_wa.compute(), self.val_loss.compute()
+        self.val_ua.reset()
+        self.val_wa.reset()
+        self.val_loss.reset()
+        # already reduced over processes by torchmetrics; sync_dist keeps Lightning's DDP check quiet
+        self.log_dict({"val_wa": wa, "val_loss": vloss}, sync_dist=True)
+        self.log("val_ua", ua, prog_bar=True, sync_dist=True)
+        if not self.trainer.sanity_checking:
+            self._entry().update(val_ua=float(ua), val_wa=float(wa), val_loss=float(vloss))
+
+    def on_train_start(self) -> None:
+        self._epoch_started = time.perf_counter()  # a run resumed mid-epoch starts timing here
+
+    def on_train_epoch_start(self) -> None:
+        self._epoch_started = time.perf_counter()
+
+    def on_train_epoch_end(self) -> None:
+        loss = float(self.train_loss.compute()) if self.train_loss.update_count else math.nan
+        self.train_loss.reset()
+        lr = float(self.trainer.optimizers[0].param_groups[0]["lr"])
+        self.log_dict({"train_loss": loss, "lr": lr}, sync_dist=True)
+        # wall time of the epoch, training and validation (Lightning validates before this hook)
+        seconds = time.perf_counter() - self._epoch_started
+        self._entry().update(train_loss=loss, lr=lr, seconds=seconds)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["emovox_history"] = [dict(h) for h in self.history]
+        checkpoint["emovox_model"] = self.net.config()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.history = [dict(h) for h in checkpoint.get("emovox_history", [])]
+
+    def configure_optimizers(self) -> Any:
+        params = [p for p in self.net.parameters() if p.requires_grad]
+        opt_cls = torch.optim.AdamW if self.tcfg.optimizer == "adamw" else torch.optim.Adam
+        optimizer = opt_cls(params, lr=self.tcfg.lr, weight_decay=self.tcfg.weight_decay)
+        # optimiser steps of this process (DDP shards batches; Lightning knows the real count)
+        estimated = float(self.trainer.estimated_stepping_batches)
+        fallback = self.tcfg.epochs * self.steps_per_epoch
+        total = max(1, int(estimated) if math.isfinite(estimated) else fallback)
+        per_epoch = total / max(1, self.tcfg.epochs)
+        warmup = min(total - 1, int(round(self.tcfg.warmup_epochs * per_epoch)))
+        if self.tcfg.scheduler == "none":
+            return optimizer
+        if self.tcfg.scheduler == "onecycle":
+            scheduler: Any = torch.optim.lr_scheduler.OneCycleLR(
+                optimizer, max_lr=self.tcfg.lr, total_steps=total, pct_start=max(warmup, 1) / total
+            )
+        else:
+            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(warmup, total))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def warmup_cosine(warmup: int, total: int) -> Any:
+    """LR factor per step: linear warm-up to 1, then cosine decay to 1% of the peak."""
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def quiet_lightning() -> None:
+    """Drop Lightning's per-run info lines (hardware summary, tips); warnings and errors still show."""
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+class SaveOnInterrupt(L.pytorch.Callback):
+    """On Ctrl-C, write the full training state to ``last.ckpt`` so ``resume`` continues from here.
+
+    Without it an interrupt mid-epoch would lose everything since the last epoch end (or the
+    whole run during the first epoch). Multi-process runs keep their epoch-end ``last.ckpt``:
+    saving is collective there and the other processes are being torn down.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+        if not isinstance(exception, KeyboardInterrupt) or trainer.world_size > 1:
+            return
+        if trainer.global_step == 0 and trainer.current_epoch == 0:
+            return  # nothing trained yet: keep whatever last.ckpt there is
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        trainer.save_checkpoint(self.path, weights_only=False)  # the full state: resumable

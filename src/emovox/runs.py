@@ -1,0 +1,498 @@
+"""Orchestration of runs: ``emovox train``, ``emovox cv`` and ``emovox evaluate`` end to end.
+
+A run is one folder (see :func:`new_run_dir`); this module chooses the utterances from the config
+(:func:`training_split`, :func:`cv_splits`), calls :func:`emovox.fitting.fit` and
+:func:`emovox.scoring.evaluate_model`, checks speaker independence, and writes the outputs
+(:func:`emovox.reports.write_report`, the model bundle). It sits above fitting, scoring and
+reports; nothing below imports it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from emovox import fitting
+from emovox import splits as sp
+from emovox.classifier import FitResult
+from emovox.config import RunConfig
+from emovox.corpora import Utterance, load_corpus, load_waves
+from emovox.errors import ConfigError, CorpusError
+from emovox.fitting import FITTERS, cpu_threads
+from emovox.reports import write_report
+from emovox.scoring import evaluate_model, without_predictions
+
+BUNDLE_DIR = "model"  # the run folder's bundle (docs/architecture.md, run directory)
+
+
+# --------------------------------------------------------------------------- run folders
+
+
+def new_run_dir(out: str | Path | None, name: str, *, parent: str | Path = "runs") -> Path:
+    """``out`` if given, else ``<parent>/<name>-<YYYYmmdd-HHMMSS>/`` (the run-directory contract); created."""
+    from datetime import datetime
+
+    path = Path(out) if out is not None else Path(parent) / f"{name}-{datetime.now():%Y%m%d-%H%M%S}"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def train_run_dir(cfg: RunConfig, out: str | Path | None) -> Path:
+    """The folder of a new ``emovox train`` run: ``out``, else ``<cfg.out>/<name>-<time>/``.
+
+    A folder that already holds a training run (checkpoints) is refused: continue it with ``--resume``.
+    """
+    from datetime import datetime
+
+    name = cfg.name or cfg.model.family
+    target = Path(out) if out is not None else Path(cfg.out) / f"{name}-{datetime.now():%Y%m%d-%H%M%S}"
+    if any((target / fitting.CHECKPOINT_DIR).glob("*.ckpt")):
+        raise ConfigError(
+            f"{target}: already holds a training run; continue it with --resume {target} "
+            "or choose another --out"
+        )
+    return new_run_dir(target, name)
+
+
+# --------------------------------------------------------------------------- emovox train
+
+
+@dataclass
+class TrainingSplit:
+    """Who trains, validates and tests in an ``emovox train`` run (speaker-independent by construction)."""
+
+    train: list[Utterance]
+    val: list[Utterance]
+    test: list[Utterance]
+    protocol: str
+    """One sentence for reports and the model card."""
+    validation: str
+    """``"speakers"``, ``"clips of the single training speaker"`` or ``"none"``."""
+    shared_emotions: list[str] | None = None
+    """Cross-corpus: the emotions both corpora have (training and scoring are restricted to them)."""
+    corpora: list[dict[str, Any]] = field(default_factory=list)
+    """``{"name", "path", "clips", "role"}`` per corpus used (role: train, extra or test)."""
+
+    def speakers(self, part: str) -> list[str]:
+        """Sorted speakers of ``"train"``, ``"val"`` or ``"test"``."""
+        return sorted({u.speaker for u in getattr(self, part)})
+
+
+def _short(speakers: Sequence[str], limit: int = 8) -> str:
+    shown = ", ".join(speakers[:limit])
+    return shown + (f" and {len(speakers) - limit} more" if len(speakers) > limit else "")
+
+
+def training_split(cfg: RunConfig, *, source: str = "config") -> TrainingSplit:
+    """Load ``cfg.data`` (plus ``data.extra``) and split it by ``cfg.split.protocol`` for one run.
+
+    ``holdout``: test on ``split.test_speakers``; ``none``: every speaker trains (no test);
+    ``cross_corpus``: train on ``data``, test on ``split.test_path`` over the emotions both share.
+    ``data.extra`` corpora only ever join the training side (a speaker of theirs among the test
+    speakers is an error). Validation data is carved from the training side with
+    :func:`emovox.splits.validation_speakers` (whole speakers), or, with a single training speaker,
+    a stratified ``train.val_fraction`` of its clips (as in cross-validation); 0 = no validation.
+    ``kfold`` / ``loso`` are cross-validation protocols: :class:`ConfigError` pointing to ``emovox cv``.
+    """
+    d, s = cfg.data, cfg.split
+    if s.protocol in ("kfold", "loso"):
+        raise ConfigError(
+            f"{source}: split.protocol is {s.protocol}, a cross-validation protocol; run "
+            f"`emovox cv --config {source}` for it (emovox train takes holdout, none or cross_corpus)"
+        )
+    if not d.path:
+        raise ConfigError(f"{source}: data.path is not set (the corpus folder to train on)")
+    corpus = load_corpus(d.path, d.corpus, emotions=d.emotions)
+    utts = list(corpus.utterances)
+    corpora = [{"name": corpus.name, "path": str(d.path), "clips": len(utts), "role": "train"}]
+    shared: list[str] | None = None
+    if s.protocol == "holdout":
+        split = sp.holdout_speakers(utts, s.test_speakers)
+        train = [utts[i] for i in split.train]
+        test = [utts[i] for i in split.test]
+        tested = sorted({u.speaker for u in test})
+        protocol = f"speaker-independent holdout on {corpus.name}: test speakers {_short(tested)}"
+    elif s.protocol == "cross_corpus":
+        assert s.test_path is not None  # validate() requires it
+        other = load_corpus(s.test_path, s.test_corpus, emotions=d.emotions)
+        train_idx, test_idx, shared = sp.cross_corpus(utts, other.utterances)
+        train = [utts[i] for i in train_idx]
+        test = [other.utterances[i] for i in test_idx]
+        corpora.append({"name": other.name, "path": str(s.test_path), "clips": len(test), "role": "test"})
+        protocol = (
+            f"cross-corpus: train on {corpus.name}, test on {other.name} "
+            f"over the shared emotions ({', '.join(shared)})"
+        )
+    else:
+        train, test = utts, []
+        protocol = f"all {corpus.name} speakers train; no test speakers (split.protocol: none)"
+
+    test_speakers = {u.speaker for u in test}
+    for src in d.extra:
+        extra = load_corpus(src.path, src.corpus, emotions=d.emotions)
+        clash = sorted({u.speaker for u in extra.utterances} & test_speakers)
+        if clash:
+            raise CorpusError(
+                f"{src.path}: extra training corpus has test speaker(s) {_short(clash)}; "
+                "extra corpora may only add training speakers"
+            )
+        kept = [u for u in extra.utterances if shared is None or u.emotion in shared]
+        train += kept
+        corpora.append({"name": extra.name, "path": str(src.path), "clips": len(kept), "role": "extra"})
+    if d.extra:
+        protocol += f"; extra training corpora: {', '.join(str(src.path) for src in d.extra)}"
+    if not train:
+        raise CorpusError(f"{d.path}: no training utterances left after the split")
+
+    fraction = cfg.train.val_fraction
+    if fraction > 0:
+        fit_idx, val_idx, validation = sp.validation_split(
+            train, np.arange(len(train)), fraction, cfg.train.seed
+        )
+        fit_utts, val_utts = [train[i] for i in fit_idx], [train[i] for i in val_idx]
+    else:
+        fit_utts, val_utts, validation = train, [], "none"
+    return TrainingSplit(
+        train=fit_utts,
+        val=val_utts,
+        test=test,
+        protocol=protocol,
+        validation=validation,
+        shared_emotions=shared,
+        corpora=corpora,
+    )
+
+
+def is_global_zero() -> bool:
+    """False in the extra processes of a multi-process (DDP) run, which must not write results."""
+    import os
+
+    return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
+
+
+def _card_licence(split: TrainingSplit) -> str:
+    from emovox.download import SOURCES
+
+    parts = []
+    for c in split.corpora:
+        if c["role"] == "test":
+            continue
+        source = SOURCES.get(c["name"])
+        text = (
+            f"{source.license} ({c['name']})"
+            if source
+            else f"Not recorded by emovox for the {c['name']} data at {c['path']}: check its licence"
+        )
+        if text not in parts:
+            parts.append(text)
+    return "; ".join(parts)
+
+
+def run_training(
+    cfg: RunConfig,
+    run_dir: str | Path,
+    *,
+    split: TrainingSplit | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    source: str = "config",
+    callbacks: Sequence[Any] = (),
+) -> dict[str, Any] | None:
+    """Everything ``emovox train`` does after parsing: split, fit, evaluate, report, bundle.
+
+    Writes into ``run_dir``: ``config.yaml`` (resolved), ``checkpoints/``, ``logs/``,
+    ``history.json``, ``metrics.json`` (test scores plus ``training`` and ``validation``
+    sections), ``predictions.csv``, ``plots/*.png``, ``report.md`` and, for the neural families,
+    the bundle ``model/`` (:func:`emovox.bundle.save_bundle`; the SVM is not bundled since bundles
+    never pickle). Returns the metrics dict, or None in the non-zero ranks of a DDP run.
+    """
+
+    with cpu_threads(cfg.train.threads):
+        return _run_training(
+            cfg,
+            Path(run_dir),
+            split=split,
+            resume=resume,
+            progress=progress,
+            source=source,
+            callbacks=callbacks,
+        )
+
+
+def _run_training(
+    cfg: RunConfig,
+    run_dir: Path,
+    *,
+    split: TrainingSplit | None,
+    resume: bool,
+    progress: bool,
+    source: str,
+    callbacks: Sequence[Any],
+) -> dict[str, Any] | None:
+    from emovox.bundle import DEFAULT_PREPROCESSING
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    split = split if split is not None else training_split(cfg, source=source)
+    if is_global_zero():
+        cfg.dump(run_dir / "config.yaml")
+    min_duration = float(DEFAULT_PREPROCESSING["min_duration"])
+    waves, skipped = load_waves(
+        [*split.train, *split.val, *split.test],
+        trim=cfg.data.trim_silence,
+        min_duration=min_duration,
+        progress=progress,
+    )
+    started = time.perf_counter()
+    result = fitting.fit(
+        cfg,
+        split.train,
+        split.val,
+        run_dir,
+        waves=waves,
+        resume=resume,
+        progress=progress,
+        callbacks=callbacks,
+    )
+    train_seconds = time.perf_counter() - started
+    if not is_global_zero():
+        return None
+
+    val_metrics, test_metrics = _score_run(result, split, waves, progress=progress)
+    training = _training_record(cfg, split, waves, result, train_seconds, run_dir)
+    metrics: dict[str, Any] = dict(test_metrics) if test_metrics is not None else {"test": None}
+    metrics.update(
+        kind="train",
+        training=training,
+        validation=val_metrics,
+        skipped=[{"path": str(p), "reason": r} for p, r in skipped],
+    )
+    write_report(
+        run_dir,
+        metrics,
+        history=list(result.history) or None,
+        title=f"{cfg.name or cfg.model.family}: {cfg.model.family} — {split.protocol}",
+        config=cfg.to_dict(),
+        protocol=split.protocol,
+    )
+    if training["bundle"]:
+        _save_run_bundle(
+            cfg,
+            split,
+            result,
+            training,
+            val_metrics,
+            test_metrics,
+            run_dir / BUNDLE_DIR,
+            min_duration=min_duration,
+        )
+    return metrics
+
+
+def _score_run(
+    result: FitResult, split: TrainingSplit, waves: Mapping[Path, np.ndarray], *, progress: bool
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """``(validation metrics without predictions, test metrics)`` of a trained model (None: no data)."""
+    model = result.model
+    known = set(model.labels)
+    val_utts = [u for u in split.val if u.path in waves and u.emotion in known]
+    val_metrics = (
+        without_predictions(evaluate_model(model, val_utts, waves, progress=False)) if val_utts else None
+    )
+    test_utts = [u for u in split.test if u.path in waves]
+    test_metrics = (
+        evaluate_model(
+            model, test_utts, waves, shared_only=split.shared_emotions is not None, progress=progress
+        )
+        if test_utts
+        else None
+    )
+    return val_metrics, test_metrics
+
+
+def _training_record(
+    cfg: RunConfig,
+    split: TrainingSplit,
+    waves: Mapping[Path, np.ndarray],
+    result: FitResult,
+    train_seconds: float,
+    run_dir: Path,
+) -> dict[str, Any]:
+    """The ``training`` section of a train run's metrics.json: who trained, validated and tested."""
+    known = set(result.model.labels)
+    return {
+        "config": cfg.name,
+        "family": cfg.model.family,
+        "protocol": split.protocol,
+        "validation": split.validation,
+        "corpora": split.corpora,
+        "train_speakers": split.speakers("train"),
+        "val_speakers": split.speakers("val"),
+        "test_speakers": split.speakers("test"),
+        "n_train": sum(u.path in waves for u in split.train),
+        "n_val": sum(u.path in waves and u.emotion in known for u in split.val),
+        "n_test": sum(u.path in waves for u in split.test),
+        "labels": list(result.model.labels),
+        "epochs": len(result.history),
+        "best_val_ua": result.best_val_ua,
+        "train_seconds": train_seconds,
+        "checkpoint": str(result.checkpoint) if result.checkpoint else None,
+        "bundle": str(run_dir / BUNDLE_DIR) if FITTERS[cfg.model.family].bundled else None,
+    }
+
+
+def _save_run_bundle(
+    cfg: RunConfig,
+    split: TrainingSplit,
+    result: FitResult,
+    training: Mapping[str, Any],
+    val_metrics: Mapping[str, Any] | None,
+    test_metrics: Mapping[str, Any] | None,
+    path: Path,
+    *,
+    min_duration: float,
+) -> None:
+    """The run's model bundle, with a training summary (speaker lists) and a model card."""
+    from emovox.bundle import ModelCard, save_bundle
+
+    per_emotion: dict[str, int] = {}
+    for u in split.train:
+        per_emotion[u.emotion] = per_emotion.get(u.emotion, 0) + 1
+    summary = {
+        "corpora": ", ".join(f"{c['name']} ({c['role']}, {c['clips']} clips)" for c in split.corpora),
+        "protocol": split.protocol,
+        "utterances": training["n_train"],
+        "per_emotion": per_emotion,
+        # every speaker the model saw, validation included (it chose the checkpoint), so that
+        # `emovox evaluate` can flag a test set that is not speaker-independent for this model
+        "speakers": sorted({*training["train_speakers"], *training["val_speakers"]}),
+        "train_speakers": training["train_speakers"],
+        "val_speakers": training["val_speakers"],
+        "test_speakers": training["test_speakers"],
+        "epochs": training["epochs"],
+        "best_val_ua": result.best_val_ua,
+        "config": cfg.name,
+    }
+    if test_metrics is not None:
+        scored = (
+            f"Scores are on the {len(training['test_speakers'])} test speaker(s) "
+            f"({_short(training['test_speakers'])}), none of whom was used for training or validation."
+        )
+        bundle_metrics: Mapping[str, Any] = without_predictions(test_metrics) or {}
+    else:
+        ua = f"{val_metrics['ua']:.3f}" if val_metrics else "n/a"
+        scored = (
+            "No test speakers were held out, so no unbiased score exists for this model; the "
+            f"validation UA ({ua}) is optimistic because validation chose the checkpoint."
+        )
+        bundle_metrics = {"test": None, "validation": val_metrics}
+    card = ModelCard(
+        data=(
+            f"{training['n_train']} clips from {len(training['train_speakers'])} speakers "
+            f"({_short(training['train_speakers'])}); validation: {training['n_val']} clips "
+            f"({split.validation}: {_short(training['val_speakers']) or 'none'})."
+        ),
+        protocol=f"{split.protocol[0].upper()}{split.protocol[1:]}. {scored}",
+        licence=_card_licence(split),
+        title=f"emovox {cfg.model.family} model ({cfg.name or 'unnamed run'})",
+    )
+    save_bundle(
+        result.model.net,
+        path,
+        metrics=bundle_metrics,
+        card=card,
+        training=summary,
+        preprocessing={"trim_silence": cfg.data.trim_silence, "min_duration": min_duration},
+    )
+
+
+# --------------------------------------------------------------------------- emovox evaluate
+
+
+def resolve_model_path(model: str | Path) -> str | Path:
+    """A bundle folder, a run folder (its ``model/`` bundle) or ``"default"``, for ``load_bundle``."""
+    from emovox.bundle import CONFIG_FILE
+
+    if str(model) == "default":
+        return "default"
+    path = Path(model)
+    if not (path / CONFIG_FILE).is_file() and (path / "model" / CONFIG_FILE).is_file():
+        return path / "model"
+    return path
+
+
+def _training_speakers(meta: Mapping[str, Any]) -> set[str] | None:
+    """The speakers a bundle was trained on, when its ``training`` summary records them."""
+    speakers = (meta.get("training") or {}).get("speakers")
+    if isinstance(speakers, Mapping):
+        return {str(s) for s in speakers}
+    if isinstance(speakers, list):
+        return {str(s) for s in speakers}
+    return None
+
+
+def run_evaluation(
+    model: str | Path,
+    data_path: str | Path,
+    *,
+    corpus: str | None = None,
+    speakers: Sequence[str] = (),
+    shared_only: bool = False,
+    device: str = "cpu",
+    out: str | Path | None = None,
+    progress: bool = True,
+) -> tuple[dict[str, Any], Path]:
+    """Everything ``emovox evaluate`` does: score a saved model on a labelled corpus (optionally only
+    ``speakers``) into a run folder (``out``, else ``runs/eval-<time>/``).
+
+    Returns ``(metrics, report.md)``.
+    """
+    from emovox.bundle import read_meta
+
+    read_meta(resolve_model_path(model))  # a bad model fails before the corpus is scanned
+    utts = load_corpus(data_path, corpus).utterances
+    if speakers:
+        utts = [utts[i] for i in sp.holdout_speakers(utts, list(speakers)).test]
+    metrics = evaluate_bundle(model, utts, shared_only=shared_only, device=device, progress=progress)
+    run_dir = new_run_dir(out, "eval")
+    title = f"Evaluation of {metrics['model']['path']} on {data_path}"
+    return metrics, write_report(run_dir, metrics, title=title, data_utts=utts)
+
+
+def evaluate_bundle(
+    model: str | Path,
+    utts: Sequence[Utterance],
+    *,
+    shared_only: bool = False,
+    device: str = "cpu",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Evaluate a saved model (bundle folder, run folder or ``"default"``) on ``utts``.
+
+    Audio is loaded with the bundle's recorded preprocessing (silence trimming, minimum duration),
+    exactly as in training. When the bundle records its training speakers, any test speaker among
+    them is listed under ``leaked_speakers`` and the result is flagged ``speaker_leak``, because
+    such a score is not speaker-independent.
+    """
+    from emovox.predict import Recognizer
+
+    rec = Recognizer.load(resolve_model_path(model), device=device)
+    metrics = evaluate_model(
+        rec, utts, shared_only=shared_only, trim=rec.trim, min_duration=rec.min_duration, progress=progress
+    )
+    trained_on = _training_speakers(rec.meta)
+    leaked = sorted(set(metrics["per_speaker"]) & trained_on) if trained_on is not None else []
+    metrics["model"] = {
+        "path": rec.meta["path"],
+        "family": rec.meta["model"].get("family"),
+        "labels": rec.labels,
+        "preprocessing": rec.meta["preprocessing"],
+        "training_speakers": sorted(trained_on) if trained_on is not None else None,
+    }
+    metrics["leaked_speakers"] = leaked
+    metrics["speaker_leak"] = bool(leaked)
+    return metrics
