@@ -47,6 +47,10 @@ CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.json"
 CARD_FILE = "README.md"
 ONNX_FILE = "model.onnx"
+#: Frozen pretrained encoder weights (encoder family), kept apart from the head's weights so a
+#: retrained head leaves this file byte-identical (one copy in git history, not one per retrain).
+ENCODER_FILE = "encoder.safetensors"
+ENCODER_PREFIX = "extractor."
 REQUIRED_FILES = (WEIGHTS_FILE, CONFIG_FILE, METRICS_FILE)
 
 #: The shipped default model, inside the installed package.
@@ -113,15 +117,19 @@ def save_bundle(
     card: ModelCard | Mapping[str, Any],
     training: Mapping[str, Any] | None = None,
     preprocessing: Mapping[str, Any] | None = None,
+    encoder_dtype: str = "float16",
 ) -> Path:
     """Write ``model`` as a bundle at ``path``, atomically, and return the path.
 
+    Weights of a pretrained encoder (encoder family) go to ``encoder.safetensors``, stored as
+    ``encoder_dtype`` (``"float16"`` halves the file; loading casts back to float32).
     ``metrics`` goes to metrics.json and into the card; ``training`` is a JSON-able summary of the
     training data (corpora, utterances, speakers, per-emotion counts); ``preprocessing`` holds the
     ``trim_silence`` / ``min_duration`` used to load training audio (default
     :data:`DEFAULT_PREPROCESSING`). An existing bundle at ``path`` is replaced only once the new
     one is complete; a folder there that is not a bundle is never overwritten.
     """
+    import torch
     from safetensors.torch import save_file
 
     target = Path(path)
@@ -134,9 +142,17 @@ def save_bundle(
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
-        save_file(
-            state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "emovox_format": str(FORMAT_VERSION)}
-        )
+        encoder = {k: state.pop(k) for k in [k for k in state if k.startswith(ENCODER_PREFIX)]}
+        file_meta = {"format": "pt", "emovox_format": str(FORMAT_VERSION)}
+        save_file(state, str(tmp / WEIGHTS_FILE), metadata=file_meta)
+        sums = {WEIGHTS_FILE: sha256_file(tmp / WEIGHTS_FILE)}
+        if encoder:
+            if encoder_dtype not in ("float16", "float32"):
+                raise BundleError(f"encoder_dtype: expected 'float16' or 'float32', got {encoder_dtype!r}")
+            dtype = getattr(torch, encoder_dtype)
+            encoder = {k: v.to(dtype) if v.is_floating_point() else v for k, v in encoder.items()}
+            save_file(encoder, str(tmp / ENCODER_FILE), metadata=file_meta)
+            sums[ENCODER_FILE] = sha256_file(tmp / ENCODER_FILE)
         config = {
             "format_version": FORMAT_VERSION,
             "emovox_version": __version__,
@@ -145,13 +161,14 @@ def save_bundle(
             "sample_rate": int(model_config["features"]["sample_rate"]),
             "preprocessing": prep,
             "training": jsonable(dict(training or {})),
-            "sha256": {WEIGHTS_FILE: sha256_file(tmp / WEIGHTS_FILE)},
+            "sha256": sums,
         }
         metrics_json = jsonable(dict(metrics))
         _write_text(tmp / METRICS_FILE, json.dumps(metrics_json, indent=2) + "\n")
         _write_text(tmp / CARD_FILE, render_card(config, metrics_json, model_card))
         _write_text(tmp / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
-        _fsync(tmp / WEIGHTS_FILE)
+        for name in sums:
+            _fsync(tmp / name)
         _publish_modes(tmp)
         _fsync(tmp)
         _swap_in(tmp, target)
@@ -470,9 +487,6 @@ def load_bundle(path: str | Path = "default") -> tuple[EmotionNet, dict[str, Any
     pickle). Raises :class:`BundleError` for a missing folder or file, unreadable JSON, an unknown
     or newer format, a checksum mismatch, or weights that do not fit the configured network.
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     from emovox.models import EmotionNet
 
     meta = read_meta(path)
@@ -482,14 +496,24 @@ def load_bundle(path: str | Path = "default") -> tuple[EmotionNet, dict[str, Any
         net = EmotionNet.from_config(meta["model"])
     except (EmovoxError, KeyError, TypeError, ValueError) as exc:
         raise BundleError(f"{bundle / CONFIG_FILE}: cannot build the model it describes ({exc})") from None
-    try:
-        state = load_file(str(weights))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise BundleError(f"{weights}: not a readable safetensors file ({exc})") from None
+    state = _load_weights(weights)
+    if ENCODER_FILE in meta["sha256"]:
+        encoder = _load_weights(verify_checksum(bundle, meta, ENCODER_FILE))
+        state.update({k: v.float() if v.is_floating_point() else v for k, v in encoder.items()})
     _check_state(bundle, net.state_dict(), state)
     net.load_state_dict(state, strict=True)
     net.eval()
     return net, meta
+
+
+def _load_weights(path: Path) -> dict[str, Any]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise BundleError(f"{path}: not a readable safetensors file ({exc})") from None
 
 
 def _check_state(bundle: Path, expected: Mapping[str, Any], found: Mapping[str, Any]) -> None:

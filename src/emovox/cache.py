@@ -66,6 +66,7 @@ class FeatureCache:
         self.root = Path(root).expanduser() if root is not None else default_cache_dir()
         self.hits = 0
         self.misses = 0
+        self.seconds = 0.0  # time spent computing misses in cached_features
 
     def __repr__(self) -> str:
         return f"FeatureCache({str(self.root)!r})"
@@ -129,7 +130,8 @@ def feature_key(cfg: Any) -> dict[str, Any]:
     """The parameter part of a feature cache key: the config's dict plus the feature code version."""
     from emovox.features import FEATURES_VERSION
 
-    return {"features": cfg.to_dict(), "code_version": FEATURES_VERSION}
+    params = cfg.cache_dict() if hasattr(cfg, "cache_dict") else cfg.to_dict()
+    return {"features": params, "code_version": FEATURES_VERSION}
 
 
 def cached_features(
@@ -142,10 +144,17 @@ def cached_features(
 ) -> list[np.ndarray]:
     """Frame features ``[C, F_i]`` of each waveform, from ``cache`` where present.
 
-    Misses are computed together by :func:`emovox.features.extract_batched` (length-sorted padded
-    batches on the extractor's device, with a progress bar) and stored. Each clip's key is the
-    hash of its float32 samples plus :func:`feature_key` of ``extractor.cfg``.
+    Misses are computed by :func:`emovox.features.extract_batched` (length-sorted padded batches on
+    the extractor's device) a block at a time under one progress bar, and each block is stored as
+    soon as it is done, so an interrupted extraction resumes where it stopped. Each clip's key is the
+    hash of its float32 samples plus :func:`feature_key` of ``extractor.cfg``; an extractor with a
+    ``cache_dtype`` (the pretrained encoders: float16) is stored in that dtype. The time spent
+    extracting is added to ``cache.seconds`` (with ``cache.misses`` it gives the cost per clip).
     """
+    import time
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
     from emovox.features import extract_batched
 
     cache = cache if cache is not None else FeatureCache()
@@ -155,13 +164,26 @@ def cached_features(
     missing = [i for i, arr in enumerate(out) if arr is None]
     cache.hits += len(waves) - len(missing)
     cache.misses += len(missing)
-    if missing:
-        computed = extract_batched(
-            extractor, [waves[i] for i in missing], batch_size=batch_size, progress=progress
-        )
-        for i, arr in zip(missing, computed, strict=True):
-            cache.put(keys[i], arr)
-            out[i] = arr
+    if not missing:
+        return out  # type: ignore[return-value]
+    dtype = getattr(extractor, "cache_dtype", None)
+    missing.sort(key=lambda i: int(np.asarray(waves[i]).size))  # similar lengths share a batch
+    block = max(batch_size * 4, 64)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    started = time.perf_counter()
+    with Progress(*columns, disable=not progress, transient=True) as bar:
+        task = bar.add_task("extracting features", total=len(missing))
+        for start in range(0, len(missing), block):
+            part = missing[start : start + block]
+            computed = extract_batched(
+                extractor, [waves[i] for i in part], batch_size=batch_size, progress=False
+            )
+            for i, arr in zip(part, computed, strict=True):
+                arr = arr.astype(dtype) if dtype is not None else arr
+                cache.put(keys[i], arr)
+                out[i] = arr
+            bar.advance(task, len(part))
+    cache.seconds = getattr(cache, "seconds", 0.0) + time.perf_counter() - started
     return out  # type: ignore[return-value]
 
 

@@ -37,7 +37,7 @@ from emovox.augment import AugmentConfig
 from emovox.errors import ConfigError
 from emovox.features import FeatureConfig
 
-FAMILIES = ("mlp", "cnn1d", "cnn2d", "crnn", "lstm", "svm")
+FAMILIES = ("mlp", "cnn1d", "cnn2d", "crnn", "lstm", "encoder", "svm")
 PROTOCOLS = ("holdout", "kfold", "loso", "cross_corpus", "none")
 PRECISIONS = (
     "64-true",
@@ -471,8 +471,19 @@ def _validate_backbone(cfg: RunConfig) -> None:
     channels = cfg.features.num_channels
     pooled = m.family == "mlp"
     dim = channels * len(cfg.features.stats) if pooled else channels
+    params = dict(m.params)
+    if m.family == "encoder":  # the head on a stand-in: loading the encoder itself waits for training
+        source = params.get("encoder")
+        _check(isinstance(source, str) and bool(source), "model.params.encoder",
+               "must name a pretrained encoder (hub name or local folder)", source)  # fmt: skip
+        top = params.get("finetune_top", 0)
+        _check(isinstance(top, int) and not isinstance(top, bool) and top >= 0,
+               "model.params.finetune_top", "must be an integer >= 0", top)  # fmt: skip
+        params["encoder_layers"], dim = [0, 1], 16
+        pooled = params.get("pooling") == "stats"
+        dim = 2 * dim if pooled else dim
     try:
-        net = build_backbone(m.family, dim, 2, **m.params).eval()
+        net = build_backbone(m.family, dim, 2, **params).eval()
         x = torch.zeros(2, dim) if pooled else torch.zeros(2, dim, 12)
         with torch.no_grad():
             out = net(x, torch.tensor([12, 5]))

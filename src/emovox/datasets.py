@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import Dataset
 
 from emovox.augment import WaveAugment
-from emovox.features import pad_batch
+from emovox.features import pad_batch, pool_stats
 from emovox.models import EmotionNet, frame_mask
 
 
@@ -120,3 +120,29 @@ def normalization_stats(
     mean = total / count
     std = (squares / count - mean**2).clamp(min=0).sqrt()
     return mean.float().cpu(), std.float().cpu()
+
+
+def pooled_columns(feats: Sequence[np.ndarray], stats: Sequence[str]) -> list[np.ndarray]:
+    """Whole-clip :func:`~emovox.features.pool_stats` of each ``[C, F_i]`` array as a ``[C * S, 1]`` column
+    (the encoder family's ``pooling: stats`` trains on these and never touches frames)."""
+    out = []
+    for x in feats:
+        t = torch.from_numpy(np.asarray(x, dtype=np.float32))[None]
+        out.append(pool_stats(t, torch.tensor([t.shape[-1]]), stats)[0].numpy()[:, None])
+    return out
+
+
+def frame_stats(feats: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std over every frame of ``[C, F_i]`` feature arrays (float64 sums): the
+    normaliser's statistics straight from cached features, without another front-end pass."""
+    total = np.zeros(feats[0].shape[0], dtype=np.float64)
+    squares = np.zeros_like(total)
+    count = 0
+    for x in feats:
+        x64 = np.asarray(x, dtype=np.float64)
+        total += x64.sum(1)
+        squares += (x64**2).sum(1)
+        count += x64.shape[1]
+    mean = total / max(count, 1)
+    std = np.sqrt(np.clip(squares / max(count, 1) - mean**2, 0, None))
+    return torch.from_numpy(mean).float(), torch.from_numpy(std).float()

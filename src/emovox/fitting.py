@@ -42,12 +42,21 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from emovox.augment import WaveAugment
+from emovox.cache import FeatureCache
 from emovox.classifier import FitData, FitFunction, FitResult
 from emovox.config import RunConfig
 from emovox.corpora import EMOTIONS, Utterance, load_waves
-from emovox.datasets import FeatureDataset, WaveDataset, collate, collate_features, normalization_stats
+from emovox.datasets import (
+    FeatureDataset,
+    WaveDataset,
+    collate,
+    collate_features,
+    frame_stats,
+    normalization_stats,
+    pooled_columns,
+)
 from emovox.errors import ConfigError, CorpusError, EmovoxError
-from emovox.features import pad_batch
+from emovox.features import pad_batch, pool_stats
 from emovox.models import MODELS, EmotionNet
 from emovox.svm import fit_svm
 
@@ -71,12 +80,18 @@ class TorchClassifier:
     """Batched, length-sorted inference with an :class:`EmotionNet` (``.net``)."""
 
     def __init__(
-        self, net: EmotionNet, *, batch_size: int = 16, device: str | torch.device | None = None
+        self,
+        net: EmotionNet,
+        *,
+        batch_size: int = 16,
+        device: str | torch.device | None = None,
+        cache: Any = None,
     ) -> None:
         self.net = net.eval()
         self.batch_size = batch_size
         self.device = torch.device(device) if device is not None else next(net.parameters()).device
         self.net.to(self.device)
+        self.cache = cache  # a FeatureCache: front-end features of clips seen before are not recomputed
 
     @property
     def labels(self) -> list[str]:
@@ -87,10 +102,22 @@ class TorchClassifier:
         """Class probabilities ``[N, K]`` (rows sum to 1) for 16 kHz mono waveforms."""
         out = np.zeros((len(waves), len(self.labels)), dtype=np.float64)
         order = sorted(range(len(waves)), key=lambda i: np.asarray(waves[i]).size)
+        feats = None
+        if self.cache is not None:
+            from emovox.cache import cached_features
+
+            feats = cached_features(waves, self.net.extractor, self.cache, batch_size=self.batch_size)
         for start in range(0, len(order), self.batch_size):
             idx = order[start : start + self.batch_size]
-            wave, lengths = pad_batch([waves[i] for i in idx])
-            logits = self.net(wave.to(self.device), lengths.to(self.device))
+            if feats is None:
+                wave, lengths = pad_batch([waves[i] for i in idx])
+                logits = self.net(wave.to(self.device), lengths.to(self.device))
+            else:
+                x, frames, _ = collate_features([(feats[i], 0) for i in idx])
+                x, frames = x.to(self.device), frames.to(self.device)
+                if self.net.pooled:
+                    x = pool_stats(x, frames, self.net.feature_cfg.stats)
+                logits = self.net.backbone(self.net.normalize(x, frames), frames)
             out[idx] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
         return out
 
@@ -199,28 +226,63 @@ def _class_weights(cfg: RunConfig, data: FitData) -> torch.Tensor | None:
     return torch.tensor(weights, dtype=torch.float32)
 
 
-def _loaders(
-    cfg: RunConfig, net: EmotionNet, data: FitData, device: str, *, progress: bool
-) -> tuple[DataLoader, DataLoader | None, int]:
-    """``(train_loader, val_loader or None, steps_per_epoch)``.
+def uses_cache(cfg: RunConfig) -> bool:
+    """Whether training reads front-end features from the disk cache (a deterministic, frozen front
+    end: no waveform augmentation, no encoder layers being fine-tuned) instead of waveforms."""
+    finetune = cfg.model.family == "encoder" and int(cfg.model.params.get("finetune_top", 0)) > 0
+    return not cfg.augment.wave_enabled and not finetune
 
-    With waveform augmentation the loaders yield waveforms; otherwise frame features extracted once
-    through the disk cache (train items are random feature-domain crops).
+
+def _crop_frames(net: EmotionNet, crop: int, features: Any) -> int:
+    """A training crop of ``crop`` samples, in the front end's frames."""
+    per_second = getattr(net.extractor, "frames_per_second", None)
+    if per_second:
+        return max(1, int(crop * per_second // features.sample_rate))
+    return 1 + crop // features.hop_length
+
+
+def _loaders(
+    cfg: RunConfig, net: EmotionNet, data: FitData, device: str, *, progress: bool, resume: bool
+) -> tuple[DataLoader, DataLoader | None, int]:
+    """``(train_loader, val_loader or None, steps_per_epoch)``; sets the normaliser of ``net``
+    (unless ``resume``: the checkpoint restores it).
+
+    With waveform augmentation (or encoder layers being fine-tuned) the loaders yield waveforms;
+    otherwise frame features extracted once through the disk cache (train items are random
+    feature-domain crops; the encoder family's ``pooling: stats`` trains on whole-clip statistics).
     """
     tcfg = cfg.train
     crop = int(cfg.data.max_seconds * cfg.features.sample_rate) if cfg.data.max_seconds else None
-    if cfg.augment.wave_enabled:
-        augment = WaveAugment(cfg.augment, cfg.features.sample_rate)
+    cached = uses_cache(cfg)
+    if not cached:
+        augment = WaveAugment(cfg.augment, cfg.features.sample_rate) if cfg.augment.wave_enabled else None
         train_ds: Dataset = WaveDataset(data.train_waves, data.train_y, crop=crop, augment=augment)
         batches = collate
+        if not resume:  # a resumed run restores the normaliser from its checkpoint
+            net.set_normalization(
+                *normalization_stats(net, data.train_waves, batch_size=tcfg.batch_size, device=device)
+            )
     else:  # deterministic front end: extract once (disk cache), train on feature crops
         from emovox.cache import cached_features
 
         net.extractor.to(device)
-        feats = cached_features([*data.train_waves, *data.val_waves], net.extractor, progress=progress)
+        feats = cached_features(
+            [*data.train_waves, *data.val_waves], net.extractor, FeatureCache(),
+            batch_size=tcfg.batch_size, progress=progress,
+        )  # fmt: skip
         net.extractor.cpu()
         train_feats, val_feats = feats[: len(data.train_waves)], feats[len(data.train_waves) :]
-        frames = None if crop is None else 1 + crop // cfg.features.hop_length
+        prepooled = net.pooled and net.family == "encoder"
+        if prepooled:  # whole-clip statistics once per clip: training never touches frames
+            train_feats = pooled_columns(train_feats, cfg.features.stats)
+            val_feats = pooled_columns(val_feats, cfg.features.stats)
+        if not resume and (prepooled or not net.pooled):  # normaliser statistics from the cache
+            net.set_normalization(*frame_stats(train_feats))
+        elif not resume:
+            net.set_normalization(
+                *normalization_stats(net, data.train_waves, batch_size=tcfg.batch_size, device=device)
+            )
+        frames = None if crop is None or prepooled else _crop_frames(net, crop, cfg.features)
         train_ds = FeatureDataset(train_feats, data.train_y, crop=frames)
         batches = collate_features
     drop_last = len(train_ds) > tcfg.batch_size
@@ -237,7 +299,7 @@ def _loaders(
     if data.val_waves:
         order = np.argsort([w.size for w in data.val_waves], kind="stable")
         val_y = [data.val_y[i] for i in order]
-        if cfg.augment.wave_enabled:
+        if not cached:
             val_ds: Dataset = WaveDataset([data.val_waves[i] for i in order], val_y)
         else:
             val_ds = FeatureDataset([val_feats[i] for i in order], val_y)
@@ -328,6 +390,7 @@ _QUIET_WARNINGS = (
     ".*does not have many workers.*",
     ".*number of training batches.*",
     ".*LeafSpec.*",
+    ".*module\\(s\\) in eval mode.*",  # a frozen pretrained encoder stays in eval mode
     ".*resuming from a checkpoint that ended before.*",
     ".*defined a `validation_step` but have no `val_dataloader`.*",
     ".*Checkpoint directory .* exists and is not empty.*",
@@ -395,12 +458,13 @@ def fit_torch(
         raise EmovoxError(f"{run_dir}: nothing to resume ({last} not found)")
 
     net = EmotionNet(cfg.features, cfg.model.family, cfg.model.params, data.labels)
+    if net.family == "encoder":
+        net.extractor.freeze(int(cfg.model.params.get("finetune_top", 0)))
     device = _device(cfg)
-    if not resume:  # a resumed run restores the normaliser from its checkpoint
-        mean, std = normalization_stats(net, data.train_waves, batch_size=tcfg.batch_size, device=device)
-        net.set_normalization(mean, std)
+    train_loader, val_loader, steps_per_epoch = _loaders(
+        cfg, net, data, device, progress=progress, resume=resume
+    )
     net.cpu()
-    train_loader, val_loader, steps_per_epoch = _loaders(cfg, net, data, device, progress=progress)
     module = EmotionModule(net, cfg, _class_weights(cfg, data), steps_per_epoch)
     all_callbacks, best = _callbacks(
         cfg, ckpt_dir, validate=val_loader is not None, progress=progress, extra=callbacks
@@ -414,13 +478,17 @@ def fit_torch(
     best_path = Path(best.best_model_path) if best is not None and best.best_model_path else None
     chosen = best_path or last
     state = torch.load(chosen, map_location="cpu", weights_only=True)
-    module.load_state_dict(state["state_dict"])
+    module.load_trained(state["state_dict"], chosen)
     history = [dict(h) for h in module.history]
     if trainer.is_global_zero:
         (run_dir / "history.json").write_text(json.dumps(history, indent=2))
     best_ua = float(best.best_model_score) if best_path and best.best_model_score is not None else math.nan
     return FitResult(
-        model=TorchClassifier(module.net.cpu().eval(), batch_size=tcfg.batch_size),
+        model=TorchClassifier(
+            module.net.cpu().eval(),
+            batch_size=tcfg.batch_size,
+            cache=FeatureCache() if uses_cache(cfg) else None,
+        ),
         best_val_ua=best_ua,
         history=history,
         checkpoint=chosen,

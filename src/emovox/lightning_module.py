@@ -24,6 +24,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from emovox.augment import SpecAugment
 from emovox.config import RunConfig
+from emovox.errors import EmovoxError
 from emovox.features import pool_stats
 from emovox.models import EmotionNet
 
@@ -58,6 +59,12 @@ class EmotionModule(L.LightningModule):
         self.val_loss = MeanMetric()
         self.train_loss = MeanMetric()
         self.history: list[dict[str, float]] = []
+        # frozen pretrained encoder weights are rebuilt from model.params.encoder on resume, so the
+        # checkpoints saved every epoch hold only what training changes
+        frozen = net.family == "encoder" and not any(p.requires_grad for p in net.extractor.parameters())
+        self.frozen_prefix = "net.extractor." if frozen else ""
+        self.strict_loading = not frozen
+        self.prepooled = net.pooled and net.family == "encoder"  # whole-clip statistics from the cache
 
     def _inputs(self, batch: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised backbone inputs from waveforms ``[B, T]`` or precomputed features ``[B, C, F]``."""
@@ -66,7 +73,9 @@ class EmotionModule(L.LightningModule):
             if batch.dim() == 2:
                 return self.net.inputs(batch.float(), lengths)
             x = batch.float()
-            if self.net.pooled:
+            if self.prepooled and x.shape[-1] == 1:
+                x = x[..., 0]
+            elif self.net.pooled:
                 x = pool_stats(x, lengths, self.net.feature_cfg.stats)
             return self.net.normalize(x, lengths), lengths
 
@@ -135,8 +144,22 @@ class EmotionModule(L.LightningModule):
         self._entry().update(train_loss=loss, lr=lr, seconds=seconds)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.frozen_prefix:
+            state = checkpoint["state_dict"]
+            for key in [k for k in state if k.startswith(self.frozen_prefix)]:
+                del state[key]
         checkpoint["emovox_history"] = [dict(h) for h in self.history]
         checkpoint["emovox_model"] = self.net.config()
+
+    def load_trained(self, state: dict[str, Any], source: Path) -> None:
+        """Load a checkpoint's ``state_dict``; only the frozen encoder's weights may be absent from it."""
+        missing, unexpected = self.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not (self.frozen_prefix and k.startswith(self.frozen_prefix))]
+        if missing or unexpected:
+            raise EmovoxError(
+                f"{source}: checkpoint does not match the model "
+                f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
+            )
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.history = [dict(h) for h in checkpoint.get("emovox_history", [])]

@@ -12,7 +12,10 @@ Families (``MODELS``):
 * ``cnn1d`` - 1-D convolutions over time with the feature channels as input channels (MFCC + deltas);
 * ``cnn2d`` - 2-D convolutions over the [C, F] feature map as an image (log-mel);
 * ``crnn``  - 2-D conv front end -> bidirectional LSTM or GRU -> attention pooling;
-* ``lstm``  - stacked (bi)LSTM over frames -> attention or mean pooling.
+* ``lstm``  - stacked (bi)LSTM over frames -> attention or mean pooling;
+* ``encoder`` - a frozen pretrained speech encoder (:mod:`emovox.encoders`: Whisper, wav2vec2,
+  HuBERT, WavLM) as the front end; the backbone is :class:`EncoderHead`, a learned softmax-weighted
+  sum of the encoder's hidden layers, attentive statistics pooling and a small classifier.
 """
 
 from __future__ import annotations
@@ -351,12 +354,89 @@ class LSTMNet(nn.Module):
         return self.head(z)
 
 
+class AttentiveStatsPool(nn.Module):
+    """Attention-weighted mean and standard deviation over valid frames: ``h [B, F, D] -> [B, 2D]``."""
+
+    def __init__(self, dim: int, hidden: int = 128) -> None:
+        super().__init__()
+        self.score = nn.Sequential(nn.Linear(dim, hidden), nn.Tanh(), nn.Linear(hidden, 1))
+
+    def forward(self, h: Tensor, lengths: Tensor) -> Tensor:
+        scores = self.score(h).squeeze(-1)
+        scores = scores.masked_fill(~frame_mask(lengths, h.shape[1]), torch.finfo(scores.dtype).min)
+        w = torch.softmax(scores, dim=1).unsqueeze(-1)
+        mean = (w * h).sum(1)
+        var = (w * (h - mean.unsqueeze(1)) ** 2).sum(1)
+        return torch.cat([mean, torch.sqrt(var.clamp(min=1e-6))], dim=-1)
+
+
+class EncoderHead(nn.Module):
+    """Head over stacked encoder hidden states ``x [B, L * D, F]`` (normalised per channel).
+
+    A softmax-weighted sum of the ``L`` layers (weights learned, start equal), attentive statistics
+    pooling over the clip's real frames, then dropout -> linear -> GELU -> dropout -> linear.
+    ``pooling: stats`` instead reads each layer's plain mean and std over the clip (``x [B, 2 * L * D]``,
+    :func:`~emovox.features.pool_stats` of the stacked states) and weighs layers the same way: no
+    frame-level work at all in training, and pooled statistics are what speaker normalisation
+    standardises.
+    ``encoder`` / ``encoder_layers`` / ``finetune_top`` describe the front end
+    (:class:`emovox.encoders.SpeechEncoder`) and are kept here so one ``model.params`` holds the
+    whole family; ``encoder_layers`` is the list of hidden-state indices once the encoder is loaded.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        n_classes: int,
+        *,
+        encoder: str = "",
+        encoder_layers: Any = "all",
+        finetune_top: int = 0,
+        hidden: int = 256,
+        dropout: float = 0.2,
+        attention: int = 128,
+        pooling: str = "attentive",
+    ) -> None:
+        super().__init__()
+        if pooling not in ("attentive", "stats"):
+            raise ConfigError(f"model.params.pooling: expected 'attentive' or 'stats', got {pooling!r}")
+        n_layers = len(encoder_layers) if isinstance(encoder_layers, (list, tuple)) else 1
+        blocks = n_layers * (2 if pooling == "stats" else 1)
+        if in_channels % blocks:
+            raise ValueError(f"{in_channels} input channels do not split into {n_layers} layers")
+        self.n_layers = n_layers
+        self.stats = pooling == "stats"
+        self.dim = in_channels // blocks
+        self.layer_logits = nn.Parameter(torch.zeros(n_layers))
+        self.pool = None if self.stats else AttentiveStatsPool(self.dim, attention)
+        self.head = nn.Sequential(
+            nn.Dropout(dropout),
+            nn.Linear(2 * self.dim, hidden),
+            nn.GELU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, n_classes),
+        )
+
+    def layer_weights(self) -> Tensor:
+        return torch.softmax(self.layer_logits, dim=0)
+
+    def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
+        if self.pool is None:  # per-layer [mean; std] pooled over the clip: x [B, 2 * L * D]
+            h = x.reshape(x.shape[0], 2, self.n_layers, self.dim)
+            return self.head(torch.einsum("l,bsld->bsd", self.layer_weights(), h).flatten(1))
+        b, _, f = x.shape
+        h = x.reshape(b, self.n_layers, self.dim, f)
+        h = torch.einsum("l,bldf->bfd", self.layer_weights(), h)
+        return self.head(self.pool(h, lengths))
+
+
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "mlp": MLP,
     "cnn1d": CNN1D,
     "cnn2d": CNN2D,
     "crnn": CRNN,
     "lstm": LSTMNet,
+    "encoder": EncoderHead,
 }
 
 
@@ -423,6 +503,8 @@ class EmotionNet(nn.Module):
         family: str,
         params: dict[str, Any] | None,
         labels: Sequence[str],
+        *,
+        encoder: nn.Module | None = None,
     ) -> None:
         super().__init__()
         if len(labels) < 2:
@@ -431,9 +513,15 @@ class EmotionNet(nn.Module):
         self.family = family
         self.params = dict(params or {})
         self.labels = list(labels)
-        self.extractor = FeatureExtractor(feature_cfg)
+        self.extractor: nn.Module
+        if family == "encoder":
+            self.extractor = encoder if encoder is not None else _load_encoder(self.params)
+            self.params["encoder_layers"] = list(self.extractor.cfg.layers)
+            self.params.setdefault("encoder", self.extractor.cfg.source)
+        else:
+            self.extractor = FeatureExtractor(feature_cfg)
         channels = self.extractor.num_channels
-        self.pooled = family == "mlp"
+        self.pooled = family == "mlp" or (family == "encoder" and self.params.get("pooling") == "stats")
         dim = channels * len(feature_cfg.stats) if self.pooled else channels
         self.input_dim = dim
         self.register_buffer("mean", torch.zeros(dim))
@@ -474,22 +562,40 @@ class EmotionNet(nn.Module):
 
     def config(self) -> dict[str, Any]:
         """JSON-able description that :meth:`from_config` rebuilds the (untrained) network from."""
-        return {
+        out = {
             "features": self.feature_cfg.to_dict(),
             "family": self.family,
             "params": jsonable(self.params),
             "labels": list(self.labels),
         }
+        if self.family == "encoder":
+            out["encoder"] = self.extractor.config()
+        return out
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> EmotionNet:
         """Rebuild a network from :meth:`config` output (weights are loaded separately)."""
         try:
+            encoder = None
+            if config["family"] == "encoder":
+                from emovox.encoders import encoder_from_config
+
+                encoder = encoder_from_config(config["encoder"])
             return cls(
                 FeatureConfig.from_dict(config["features"]),
                 config["family"],
                 config.get("params", {}),
                 config["labels"],
+                encoder=encoder,
             )
         except KeyError as exc:
             raise ConfigError(f"model config is missing the key {exc.args[0]!r}") from None
+
+
+def _load_encoder(params: dict[str, Any]) -> nn.Module:
+    from emovox.encoders import load_encoder
+
+    source = params.get("encoder")
+    if not source or not isinstance(source, str):
+        raise ConfigError("model.params.encoder: name a pretrained encoder (hub name or local folder)")
+    return load_encoder(source, params.get("encoder_layers", "all"))

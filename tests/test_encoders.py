@@ -1,0 +1,150 @@
+"""The encoder family: Whisper / wav2vec2 front ends from transformers (tiny random models built from
+configs here, no download), masks and batch-vs-alone equality, EmotionNet + bundle round trip offline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from emovox.bundle import ENCODER_FILE, WEIGHTS_FILE, load_bundle, save_bundle  # noqa: E402
+from emovox.encoders import EncoderError, WhisperLogMel, load_encoder, parse_layers  # noqa: E402
+from emovox.errors import ConfigError  # noqa: E402
+from emovox.features import FeatureConfig, pad_batch  # noqa: E402
+from emovox.models import EmotionNet  # noqa: E402
+
+SR = 16_000
+CARD = {"data": "synthetic", "protocol": "none", "licence": "test"}
+
+
+def _speechlike(seconds: float, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * SR)) / SR
+    f0 = 140 + 30 * np.sin(2 * np.pi * 0.7 * t)
+    wave = 0.3 * np.sin(2 * np.pi * np.cumsum(f0) / SR) * (0.6 + 0.4 * np.sin(2 * np.pi * 3 * t))
+    return (wave + 0.01 * rng.standard_normal(t.size)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def tiny_whisper(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    cfg = transformers.WhisperConfig(
+        d_model=32, encoder_layers=3, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
+        encoder_ffn_dim=64, decoder_ffn_dim=64, num_mel_bins=80, vocab_size=64, max_target_positions=16,
+        pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=1,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("whisper-tiny-random")
+    transformers.WhisperModel(cfg).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_wav2vec2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    cfg = transformers.Wav2Vec2Config(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        conv_dim=(16, 16, 16), conv_stride=(5, 4, 16), conv_kernel=(10, 8, 16),
+        num_conv_pos_embeddings=8, num_conv_pos_embedding_groups=2, feat_extract_norm="layer",
+        do_stable_layer_norm=True, vocab_size=8,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("wav2vec2-tiny-random")
+    transformers.Wav2Vec2Model(cfg).save_pretrained(path)
+    return path
+
+
+def test_whisper_logmel_matches_feature_extractor() -> None:
+    wave = _speechlike(2.3, 0)
+    ref = transformers.WhisperFeatureExtractor()(wave, sampling_rate=SR, return_tensors="np").input_features[
+        0
+    ]
+    mel, frames = WhisperLogMel()(torch.from_numpy(wave)[None], torch.tensor([wave.size]))
+    n = int(frames[0])
+    assert n == wave.size // 160
+    np.testing.assert_allclose(mel[0, :, :n].numpy(), ref[:, :n], atol=1e-4)
+    assert torch.all(mel[0, :, n:] == 0)
+
+
+def test_whisper_short_forward_equals_transformers_on_a_full_window(tiny_whisper: Path) -> None:
+    """On a 30 s clip (no padding, so no mask) our short forward is exactly WhisperEncoder's forward."""
+    enc = load_encoder(tiny_whisper, [0, 1, 2])
+    wave = _speechlike(30.0, 1)
+    wave[-400:] = 0  # the feature extractor reflects at 30 s where emovox sees zeros: make them agree
+    feats = transformers.WhisperFeatureExtractor()(wave, sampling_rate=SR, return_tensors="pt").input_features
+    hf = transformers.WhisperModel.from_pretrained(tiny_whisper).get_encoder().eval()
+    with torch.no_grad():
+        ref = hf(feats, output_hidden_states=True).hidden_states
+        mine, frames = enc(torch.from_numpy(wave)[None], torch.tensor([wave.size]))
+    assert int(frames[0]) == 1500
+    for j, layer in enumerate([0, 1, 2]):
+        np.testing.assert_allclose(mine[0, j * 32 : (j + 1) * 32].T.numpy(), ref[layer][0].numpy(), atol=2e-4)
+
+
+@pytest.mark.parametrize("kind", ["whisper", "wav2vec2"])
+def test_clip_alone_equals_clip_in_padded_batch(kind: str, tiny_whisper: Path, tiny_wav2vec2: Path) -> None:
+    enc = load_encoder(tiny_whisper if kind == "whisper" else tiny_wav2vec2, "all")
+    waves = [_speechlike(s, i) for i, s in enumerate((0.7, 2.9, 1.6))]
+    wave, lengths = pad_batch(waves)
+    with torch.no_grad():
+        batch, frames = enc(wave, lengths)
+        for i, w in enumerate(waves):
+            alone, n = enc(torch.from_numpy(w)[None], torch.tensor([w.size]))
+            assert int(n[0]) == int(frames[i])
+            k = int(n[0])
+            np.testing.assert_allclose(batch[i, :, :k].numpy(), alone[0, :, :k].numpy(), atol=2e-5)
+            assert torch.all(batch[i, :, k:] == 0)
+
+
+def test_whisper_long_clip_is_chunked(tiny_whisper: Path) -> None:
+    enc = load_encoder(tiny_whisper, [1])
+    wave = _speechlike(31.0, 2)
+    with torch.no_grad():
+        feats, frames = enc(torch.from_numpy(wave)[None], torch.tensor([wave.size]))
+    assert int(frames[0]) == 1500 + 50
+    assert torch.isfinite(feats).all()
+
+
+def test_layers_are_truncated_and_validated(tiny_whisper: Path) -> None:
+    enc = load_encoder(tiny_whisper, 2)
+    assert enc.cfg.layers == (1, 2)
+    assert len(enc.net.encoder.layers) == 2  # the third layer is never run nor stored
+    assert enc.num_channels == 64
+    assert all(not p.requires_grad for p in enc.parameters())
+    assert parse_layers("all", 3) == (0, 1, 2, 3)
+    with pytest.raises(ConfigError, match="layers"):
+        parse_layers([0, 7], 3)
+
+
+def test_missing_encoder_is_one_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(EncoderError, match="not a Hugging Face model folder"):
+        load_encoder(tmp_path, "all")
+    with pytest.raises(EncoderError, match="no-such-org/no-such-model.*network"):
+        load_encoder("no-such-org/no-such-model", "all")
+
+
+@pytest.mark.parametrize("kind", ["whisper", "wav2vec2"])
+def test_encoder_net_bundle_round_trip_offline(
+    kind: str, tiny_whisper: Path, tiny_wav2vec2: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = tiny_whisper if kind == "whisper" else tiny_wav2vec2
+    params = {"encoder": str(source), "encoder_layers": "all", "hidden": 16}
+    net = EmotionNet(FeatureConfig(), "encoder", params, ["angry", "happy", "sad"]).eval()
+    waves = [_speechlike(1.2, 3), _speechlike(0.8, 4)]
+    wave, lengths = pad_batch(waves)
+    with torch.no_grad():
+        before = net(wave, lengths)
+    bundle = save_bundle(net, tmp_path / "b", metrics={}, card=CARD, encoder_dtype="float32")
+    assert (bundle / ENCODER_FILE).is_file() and (bundle / WEIGHTS_FILE).is_file()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    source.rename(source.with_name(source.name + "-gone"))  # the bundle must not need the original
+    try:
+        loaded, meta = load_bundle(bundle)
+        with torch.no_grad():
+            after = loaded(wave, lengths)
+    finally:
+        source.with_name(source.name + "-gone").rename(source)
+    torch.testing.assert_close(before, after)
+    assert meta["model"]["encoder"]["kind"] == ("whisper" if kind == "whisper" else "hf")
