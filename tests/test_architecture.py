@@ -17,7 +17,7 @@ LAYERS: dict[str, int] = {
         ["datasets", "svm", "lightning_module", "fitting", "predict", "export", "plots", "whisper_convert"], 4
     ),
     **dict.fromkeys(["scoring", "reports"], 5),
-    **dict.fromkeys(["runs", "crossval"], 6),
+    **dict.fromkeys(["runs", "crossval", "distributed"], 6),
     **dict.fromkeys(["cli", "serve", "training", "evaluation", "__init__"], 7),
 }
 FACADES = {"training", "evaluation", "__init__"}  # public import paths that only re-export

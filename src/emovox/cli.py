@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+import typer.core
 from rich.console import Console
 
 from emovox.errors import EmovoxError
@@ -584,11 +585,64 @@ def _prediction_tables(rows: list[tuple[Any, list[Any] | None]], title: str, k: 
     return out
 
 
-@app.command("predict")
+class _PredictCommand(typer.core.TyperCommand):
+    """`predict` whose --ray takes an optional ADDRESS: a bare --ray (followed by an option, an
+    input or nothing) gets "" (Ray's own cluster lookup). Typer options cannot have optional values."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        head = args[: args.index("--")] if "--" in args else args
+        if "--ray" in head:
+            from emovox.distributed import is_ray_address
+
+            at = head.index("--ray") + 1
+            if at == len(head) or not is_ray_address(head[at]):
+                args = [*args[:at], "", *args[at:]]
+        return super().parse_args(ctx, args)
+
+
+def _predict_on_ray(inputs: list[str], address: str, out: str | None, **options: Any) -> None:
+    """`emovox predict --ray`: emovox.distributed.predict_files, one summary line, exit 1 if files failed."""
+    from rich.markup import escape
+
+    from emovox.distributed import predict_files
+
+    if not out:
+        raise fail("--ray needs --out RESULTS (a folder for the Parquet results, reused to resume)")
+
+    def warn(message: str) -> None:
+        err_console.print(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
+
+    try:
+        result = predict_files(inputs, out, address=address or None, warn=warn, **options)
+    except EmovoxError as exc:  # escaped: the install hint's [ray] is not markup
+        raise fail(escape(str(exc))) from None
+    except KeyboardInterrupt:
+        err_console.print(
+            f"interrupted: finished batches are kept in {out}; run the same command to resume",
+            markup=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(130) from None
+    console.print(
+        f"{result.files} files -> {result.out}: {result.processed - result.failed} predicted now, "
+        f"{result.already_done} already there, {result.failed} could not be used (see the error column)",
+        highlight=False,
+        markup=False,
+        soft_wrap=True,
+    )
+    if result.failed:
+        raise typer.Exit(1)
+
+
+@app.command("predict", cls=_PredictCommand)
 def predict(
     inputs: Annotated[
-        list[Path],
-        typer.Argument(help="Audio files and/or folders (searched for audio files).", show_default=False),
+        list[str],
+        typer.Argument(
+            help="Audio files and/or folders (searched for audio files); with --ray also globs, "
+            "manifest CSVs (a 'path' column) and fsspec URLs (s3://...).",
+            show_default=False,
+        ),
     ],
     model: Annotated[
         str, typer.Option("--model", "-m", help="Bundle folder, run folder (uses its model/) or 'default'.")
@@ -609,11 +663,37 @@ def predict(
         str, typer.Option("--backend", help="torch, or onnx (after `emovox export BUNDLE`).")
     ] = "torch",
     device: Annotated[str, typer.Option("--device", help="torch device: cpu, cuda, cuda:1, mps.")] = "cpu",
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            "--ray",
+            metavar="[ADDRESS]",
+            help="Run on a Ray cluster, writing --out: ADDRESS is auto, local, HOST:PORT or ray://HOST:PORT; "
+            "bare --ray: RAY_ADDRESS, else this machine's cluster, else a new local one. "
+            'Needs pip install "emovox\\[ray]".',  # \\[: not rich markup
+            show_default=False,
+        ),
+    ] = None,
+    out: Annotated[
+        str | None,
+        typer.Option(
+            "--out", "-o", help="With --ray: Parquet results folder; a re-run skips the files already in it."
+        ),
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option("--workers", min=1, help="With --ray: model copies (default: one per cluster CPU)."),
+    ] = None,
+    batch_size: Annotated[
+        int | None,
+        typer.Option("--batch-size", min=1, help="With --ray: files per batch and part file (default 64)."),
+    ] = None,
 ) -> None:
     """Predict the emotion of speech recordings: a table, or JSON lines with --json.
 
     Files that cannot be used are reported on stderr and skipped (exit status 1); a missing or
-    broken model, or nothing to work on, ends with exit status 2.
+    broken model, or nothing to work on, ends with exit status 2. With --ray the work is spread
+    over a Ray cluster and every file gets a row in the --out Parquet table (see docs/distributed.md).
     """
     import json
 
@@ -623,7 +703,24 @@ def predict(
 
     if backend not in ("torch", "onnx"):
         raise fail(f"--backend: unknown backend {backend!r} (choose torch or onnx)")
-    files, problems, empty = _expand_audio_inputs(inputs)
+    if ray is not None:
+        if as_json or top_k is not None:
+            raise fail("--json and --top-k do not apply with --ray: all probabilities go to the --out table")
+        _predict_on_ray(
+            inputs,
+            ray,
+            out,
+            model=model,
+            backend=backend,
+            device=device,
+            timeline=timeline,
+            workers=workers,
+            **({"batch_size": batch_size} if batch_size is not None else {}),
+        )
+        return
+    if out is not None or workers is not None or batch_size is not None:
+        raise fail("--out, --workers and --batch-size go with --ray (batch prediction on a Ray cluster)")
+    files, problems, empty = _expand_audio_inputs([Path(item) for item in inputs])
     for folder in empty:
         err_console.print(f"[yellow]warning:[/] {folder}: no audio files in this folder", highlight=False)
     if not files and not problems:
