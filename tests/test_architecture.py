@@ -11,7 +11,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "emovox"
 LAYERS: dict[str, int] = {
     **dict.fromkeys(["errors", "jsonutil", "progress", "_version"], 0),
     **dict.fromkeys(["audio", "features", "augment", "encoders", "degrade"], 1),
-    **dict.fromkeys(["corpora", "splits", "cache", "models", "download", "metrics"], 2),
+    **dict.fromkeys(["corpora", "splits", "cache", "models", "download", "metrics", "calibration"], 2),
     **dict.fromkeys(["config", "classifier", "bundle"], 3),
     **dict.fromkeys(
         ["datasets", "svm", "lightning_module", "fitting", "predict", "export", "plots", "whisper_convert"], 4

@@ -121,6 +121,10 @@ def test_fit_learns_and_keeps_the_best_validation_checkpoint(
     # the returned model is the best checkpoint's, not the last epoch's
     state = torch.load(result.checkpoint, map_location="cpu", weights_only=True)["state_dict"]
     for key, value in result.model.net.state_dict().items():
+        if key == "temperature":  # fitted on the validation speakers after the best checkpoint
+            calibration = json.loads((run_dir / "calibration.json").read_text())
+            assert float(value) == pytest.approx(calibration["temperature"])
+            continue
         torch.testing.assert_close(value, state[f"net.{key}"])
     # the validation speaker really scores what the checkpoint recorded
     val_scores = evaluate_model(result.model, by_speaker(utts, 2), waves, progress=False)

@@ -500,6 +500,10 @@ def load_bundle(path: str | Path = "default") -> tuple[EmotionNet, dict[str, Any
     if ENCODER_FILE in meta["sha256"]:
         encoder = _load_weights(verify_checksum(bundle, meta, ENCODER_FILE))
         state.update({k: v.float() if v.is_floating_point() else v for k, v in encoder.items()})
+    if "temperature" not in state:  # bundles from before calibration: uncalibrated logits
+        import torch
+
+        state["temperature"] = torch.ones(())
     _check_state(bundle, net.state_dict(), state)
     net.load_state_dict(state, strict=True)
     net.eval()

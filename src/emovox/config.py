@@ -102,7 +102,8 @@ class TrainConfig:
     with a single training speaker). ``mixup`` is the Beta(alpha, alpha) parameter (0 = off).
     ``warmup_epochs`` of linear warm-up precede the cosine decay. ``threads`` sets PyTorch's CPU
     threads for the run (None = PyTorch's default, one per core; on a CPU shared with other jobs 1
-    is often several times faster, recurrent layers especially).
+    is often several times faster, recurrent layers especially). ``calibrate`` fits a temperature on the
+    validation speakers after training (:mod:`emovox.calibration`), so confidences are calibrated.
     """
 
     optimizer: Literal["adam", "adamw"] = "adamw"
@@ -125,6 +126,7 @@ class TrainConfig:
     precision: str = "32-true"
     num_workers: int = 0
     threads: int | None = None
+    calibrate: bool = True
 
 
 @dataclass

@@ -249,6 +249,7 @@ def _run_fold(
         "wa": m["wa"],
         "ua": m["ua"],
         "macro_f1": m["macro_f1"],
+        "ece": m.get("ece"),
         "metrics": m,
     }
     fold_dir.mkdir(parents=True, exist_ok=True)
@@ -293,7 +294,16 @@ def _cv_result(
         },
         "labels": pooled_labels,
         "folds": folds,
-        "summary": {key: mean_std([f[key] for f in folds]) for key in METRIC_NAMES},
+        "summary": {
+            **{key: mean_std([f[key] for f in folds]) for key in METRIC_NAMES},
+            # model selection reads best_val_ua (validation speakers only), never the test scores
+            "best_val_ua": mean_std([f["best_val_ua"] for f in folds]),
+            **(
+                {"ece": mean_std([f["ece"] for f in folds])}
+                if all(f.get("ece") is not None for f in folds)
+                else {}
+            ),
+        },
         "pooled": pooled,
         "predictions": predictions,
         "skipped": [{"path": str(p), "reason": r} for p, r in skipped],

@@ -97,9 +97,14 @@ class TorchClassifier:
     def labels(self) -> list[str]:
         return list(self.net.labels)
 
-    @torch.inference_mode()
     def predict_proba(self, waves: Sequence[np.ndarray]) -> np.ndarray:
         """Class probabilities ``[N, K]`` (rows sum to 1) for 16 kHz mono waveforms."""
+        logits = torch.from_numpy(self.predict_logits(waves))
+        return torch.softmax(logits, dim=-1).numpy().astype(np.float64)
+
+    @torch.inference_mode()
+    def predict_logits(self, waves: Sequence[np.ndarray]) -> np.ndarray:
+        """Calibrated logits ``[N, K]`` (``softmax`` of them is :meth:`predict_proba`)."""
         out = np.zeros((len(waves), len(self.labels)), dtype=np.float64)
         order = sorted(range(len(waves)), key=lambda i: np.asarray(waves[i]).size)
         feats = None
@@ -118,7 +123,7 @@ class TorchClassifier:
                 if self.net.pooled:
                     x = pool_stats(x, frames, self.net.feature_cfg.stats)
                 logits = self.net.backbone(self.net.normalize(x, frames), frames)
-            out[idx] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
+            out[idx] = logits.double().cpu().numpy()
         return out
 
 
@@ -483,16 +488,41 @@ def fit_torch(
     if trainer.is_global_zero:
         (run_dir / "history.json").write_text(json.dumps(history, indent=2))
     best_ua = float(best.best_model_score) if best_path and best.best_model_score is not None else math.nan
+    clf = TorchClassifier(
+        module.net.cpu().eval(), batch_size=tcfg.batch_size, cache=FeatureCache() if uses_cache(cfg) else None
+    )
+    if data.val_waves and tcfg.calibrate:
+        _calibrate(clf, data, run_dir if trainer.is_global_zero else None)
     return FitResult(
-        model=TorchClassifier(
-            module.net.cpu().eval(),
-            batch_size=tcfg.batch_size,
-            cache=FeatureCache() if uses_cache(cfg) else None,
-        ),
+        model=clf,
         best_val_ua=best_ua,
         history=history,
         checkpoint=chosen,
     )
+
+
+def _calibrate(clf: TorchClassifier, data: FitData, run_dir: Path | None) -> None:
+    """Temperature scaling on the validation speakers (``train.calibrate``): sets ``clf.net.temperature``
+    and writes ``calibration.json`` (temperature, validation ECE before and after)."""
+    from emovox.calibration import expected_calibration_error, fit_temperature
+
+    clf.net.temperature.fill_(1.0)
+    logits = clf.predict_logits(data.val_waves)
+    y = np.asarray(data.val_y)
+    t = fit_temperature(logits, y)
+    clf.net.temperature.fill_(t)
+
+    def probs(temp: float) -> np.ndarray:
+        return torch.softmax(torch.from_numpy(logits / temp), dim=-1).numpy()
+
+    report = {
+        "temperature": t,
+        "fitted_on": f"{len(y)} validation clips (validation speakers)",
+        "val_ece_before": expected_calibration_error(probs(1.0), y),
+        "val_ece_after": expected_calibration_error(probs(t), y),
+    }
+    if run_dir is not None:
+        (run_dir / "calibration.json").write_text(json.dumps(report, indent=2) + "\n")
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:

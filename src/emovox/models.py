@@ -526,6 +526,8 @@ class EmotionNet(nn.Module):
         self.input_dim = dim
         self.register_buffer("mean", torch.zeros(dim))
         self.register_buffer("std", torch.ones(dim))
+        # temperature scaling of the logits (emovox.calibration), fitted on validation speakers
+        self.register_buffer("temperature", torch.ones(()))
         self.backbone = build_backbone(family, dim, len(self.labels), **self.params)
 
     def set_normalization(self, mean: Tensor, std: Tensor) -> None:
@@ -556,9 +558,13 @@ class EmotionNet(nn.Module):
         x, frames = self.raw_inputs(wave, lengths)
         return self.normalize(x, frames), frames
 
+    def head(self, x: Tensor, frames: Tensor) -> Tensor:
+        """Calibrated logits from normalised backbone inputs: ``backbone(x) / temperature``."""
+        return self.backbone(x, frames) / self.temperature
+
     def forward(self, wave: Tensor, lengths: Tensor) -> Tensor:
         x, frames = self.inputs(wave, lengths)
-        return self.backbone(x, frames)
+        return self.head(x, frames)
 
     def config(self) -> dict[str, Any]:
         """JSON-able description that :meth:`from_config` rebuilds the (untrained) network from."""

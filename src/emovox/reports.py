@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -155,7 +156,13 @@ def _scores_section(metrics: Mapping[str, Any], plot_dir: Path, is_cv: bool, sco
             for k in METRIC_NAMES
         ],
     )
-    lines += ["Per fold:", ""]
+    for key, what in (
+        ("best_val_ua", "mean best validation UA (validation speakers; what model selection reads)"),
+        ("ece", "expected calibration error of the test folds (10 bins; 0 = perfectly calibrated)"),
+    ):
+        if key in s and s[key].get("values") and math.isfinite(s[key]["mean"]):
+            lines += [f"- {what}: {s[key]['mean']:.3f} ± {s[key]['std']:.3f}"]
+    lines += ["", "Per fold:", ""]
     lines += _table(
         ["fold", "test speakers", "n test", "WA", "UA", "macro-F1", "best val UA", "train time (s)"],
         [

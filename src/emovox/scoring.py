@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from emovox.calibration import expected_calibration_error, reliability
 from emovox.classifier import Classifier
 from emovox.corpora import Utterance, load_waves
 from emovox.errors import CorpusError
@@ -72,6 +73,9 @@ def evaluate_model(
     y_true = [u.emotion for u in utts]
     speakers = [u.speaker for u in utts]
     metrics = compute_metrics(y_true, y_pred, eval_labels, speakers)
+    true_idx = np.array([eval_labels.index(t) for t in y_true])
+    metrics["ece"] = expected_calibration_error(probs, true_idx)
+    metrics["reliability"] = reliability(probs, true_idx)
     metrics["model_labels"] = model_labels
     metrics["shared_emotions"] = shared if shared is not None and shared != model_labels else None
     metrics["dropped"] = dropped
