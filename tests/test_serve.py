@@ -672,6 +672,27 @@ def test_docs_render_code_spans(client: TestClient) -> None:
     assert "<code>?timeline=true</code>" in docs
 
 
+def test_page_renders_server_strings_as_text(client: TestClient) -> None:
+    page = client.get("/").text
+    assert not re.search(r"<script(?![^>]*\bsrc=)", page), "inline script"
+    assert not re.search(r"<[^>]*\son[a-z]+\s*=", page), "inline event handler"
+    assert not re.search(r"<[^>]*\sstyle\s*=", page), "inline style attribute"
+    app_js = client.get("/static/app.js").text
+    for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval("):
+        assert sink not in app_js, f"app.js uses {sink}: server strings must be rendered as text"
+    assert 'setAttribute("style"' not in app_js and "style:" not in app_js  # CSP forbids inline styles
+
+
+def test_an_example_clip_is_served_for_the_page(client: TestClient) -> None:
+    example = client.get("/static/example.flac")
+    assert example.status_code == 200 and example.headers["content-type"] == "audio/flac"
+    info = sf.info(io.BytesIO(example.content))
+    assert info.samplerate == SR and 1.0 < info.duration < 10.0
+    r = client.post("/api/v1/predict", files={"file": ("example.flac", example.content)})
+    assert r.status_code == 200, r.text
+    assert 'id="example-btn"' in client.get("/").text
+
+
 def test_stalled_upload_body_is_408(fake: FakeRecognizer) -> None:
     app = create_app(fake, settings=ServeSettings(body_timeout_s=0.2))
 
