@@ -501,7 +501,7 @@ def test_stream_amplification_is_capped_to_real_time() -> None:
     counted), newest audio first.
     """
     fake = FakeRecognizer()
-    settings = ServeSettings(stream_max_frame_bytes=1 << 20, stream_burst_s=2.0)
+    settings = ServeSettings(stream_max_frame_bytes=1 << 20, stream_burst_s=2.0, stream_max_ahead_s=120)
     with TestClient(create_app(fake, settings=settings)) as c, c.websocket_connect("/api/v1/stream") as ws:
         ws.send_text(json.dumps({"sample_rate": 8000, "window": 10, "hop": 0.5}))
         assert ws.receive_json()["config"]["hop"] == 0.5
@@ -524,6 +524,19 @@ def test_stream_amplification_is_capped_to_real_time() -> None:
         ws.send_bytes(pcm16(loud_speech(0.5)))  # 1 s at 8 kHz: two more hops, newest analysed
         last = ws.receive_json()
         assert last["speech"] and results[-1]["t"] + 1.0 <= last["t"] <= 66.6
+
+
+def test_stream_audio_is_read_at_most_a_little_ahead_of_real_time(fake: FakeRecognizer) -> None:
+    """A client flooding PCM is paced by the server (it stops reading) instead of being decoded at once."""
+    settings = ServeSettings(stream_max_ahead_s=0.5, stream_burst_s=10.0)
+    with TestClient(create_app(fake, settings=settings)) as c, c.websocket_connect("/api/v1/stream") as ws:
+        started = time.monotonic()
+        for seed in range(3):  # 3 s of audio sent at once
+            ws.send_bytes(pcm16(loud_speech(1.0, seed=seed)))
+        results = receive_results(ws, 6)
+        elapsed = time.monotonic() - started
+    assert [r["t"] for r in results] == [0.5, 1.0, 1.5, 2.0, 2.5, 3.0]  # nothing dropped within the burst
+    assert elapsed >= 3.0 - 1.0 - 0.5 - 0.2  # the third second was read only ~1.5 s in
 
 
 def test_stream_big_or_deeply_nested_text_closes_with_a_reason(client: TestClient) -> None:

@@ -130,6 +130,7 @@ class ServeSettings:
     stream_min_hop_s: float = 0.1
     stream_max_overlap: float = 20.0  # window / hop: how often each second of audio is analysed
     stream_burst_s: float = 5.0  # audio analysed ahead of real time before windows are dropped
+    stream_max_ahead_s: float = 60.0  # audio read ahead of real time before reading pauses
     stream_idle_timeout_s: float = 30.0  # a stream that sends nothing for this long is closed
 
     def __post_init__(self) -> None:
@@ -149,6 +150,7 @@ class ServeSettings:
             "stream_min_hop_s": self.stream_min_hop_s,
             "stream_max_overlap": self.stream_max_overlap,
             "stream_burst_s": self.stream_burst_s,
+            "stream_max_ahead_s": self.stream_max_ahead_s,
             "stream_idle_timeout_s": self.stream_idle_timeout_s,
         }
         for name, value in positive.items():
@@ -697,6 +699,12 @@ class _StreamSession:
         crossing = self.boundaries(samples.size)
         skip = 0 if analyse is None else max(0, crossing - analyse)
         pos = 0
+        if skip:  # the audio up to the last dropped boundary goes into the ring in one step
+            pos = skip * self.hop - self.since_hop
+            self._append(samples[:pos])
+            self.total += pos
+            self.since_hop = 0
+            self.dropped += skip
         while pos < samples.size:
             take = min(samples.size - pos, self.hop - self.since_hop)
             self._append(samples[pos : pos + take])
@@ -705,14 +713,12 @@ class _StreamSession:
             self.total += take
             if self.since_hop == self.hop:
                 self.since_hop = 0
-                if skip:
-                    skip -= 1
-                    self.dropped += 1
-                    continue
                 yield self.total / SAMPLE_RATE, self.ring[self.window - self.filled :].copy()
 
     def _append(self, chunk: np.ndarray) -> None:
         n = chunk.size
+        if n == 0:
+            return
         if n >= self.window:
             self.ring[:] = chunk[-self.window :]
         else:
@@ -772,7 +778,7 @@ async def _stream(websocket: WebSocket, service: _Service) -> None:
     settings = service.settings
     recognizer = service.get()
     session = _StreamSession(StreamConfig(), settings.stream_burst_s)
-    started = False
+    started, first_audio = False, 0.0
 
     async def send(message: dict[str, Any]) -> None:
         await websocket.send_text(json.dumps(message))
@@ -833,7 +839,8 @@ async def _stream(websocket: WebSocket, service: _Service) -> None:
         except ValueError as exc:
             await send({"error": "bad_frame", "detail": str(exc)})
             continue
-        started = True
+        if not started:
+            started, first_audio = True, time.monotonic()
         # at most one analysis per hop of wall-clock time (plus a burst): audio sent faster than
         # real time has its older windows dropped, never queued
         allowed = session.rate_limit.take(session.boundaries(samples.size))
@@ -846,6 +853,11 @@ async def _stream(websocket: WebSocket, service: _Service) -> None:
                 result["dropped"] = session.dropped  # windows skipped since the previous message
                 session.dropped = 0
             await send(result)
+        # and the audio itself is read at most stream_max_ahead_s ahead of real time: a client
+        # flooding PCM waits (TCP backpressure) instead of keeping the decoder and resampler busy
+        ahead = session.total / SAMPLE_RATE - (time.monotonic() - first_audio)
+        if ahead > settings.stream_max_ahead_s:
+            await anyio.sleep(ahead - settings.stream_max_ahead_s)
 
 
 # --------------------------------------------------------------------------- offline API docs
@@ -892,7 +904,9 @@ def render_docs(schema: Mapping[str, Any]) -> str:
         'the server answers <code>{"t", "speech", "emotion", "confidence", "probabilities"}</code> '
         "for the last <code>window</code> seconds (no emotion when <code>speech</code> is false). Audio is "
         "analysed at most in real time: windows of audio sent faster than that are skipped, and the next "
-        'result says how many in <code>"dropped"</code>. Bad frames get <code>{"error", "detail"}</code>; '
+        'result says how many in <code>"dropped"</code>; audio more than a minute ahead of real time is '
+        "read only as real time catches up. Bad frames get "
+        '<code>{"error", "detail"}</code>; '
         "an invalid or too deeply nested config closes with 1007, an oversized frame or message with "
         "1009, a cross-origin page with 1008, a stream idle too long with 1008, a full server with 1013 "
         "(the close reason says why).</p></section>"
