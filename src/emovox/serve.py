@@ -123,7 +123,7 @@ class ServeSettings:
     header_timeout_s: float = 10.0  # a request's headers must arrive within this
     body_timeout_s: float = 30.0  # longest pause while an upload's body streams in (408)
     # the WebSocket stream
-    stream_max_connections: int = 16  # live streams at once; more are closed with 1013
+    stream_max_connections: int = 8  # live streams at once (each may use ~0.2 core); more: 1013
     stream_max_frame_bytes: int = 256 * 1024  # one binary frame (8 s of 16 kHz s16le)
     stream_max_text_bytes: int = 4096  # one text (config) message
     stream_max_window_s: float = 10.0
