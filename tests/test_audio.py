@@ -13,6 +13,8 @@ from conftest import synth_speech
 from emovox.audio import (
     AUDIO_EXTENSIONS,
     SAMPLE_RATE,
+    AudioTooLarge,
+    AudioTooLong,
     is_audio_file,
     load_audio,
     load_many,
@@ -238,3 +240,85 @@ def test_is_audio_file(tmp_path, speech_wav):
     assert not is_audio_file(tmp_path / "notes.txt")
     assert not is_audio_file(tmp_path)
     assert {".wav", ".flac", ".ogg", ".opus", ".mp3"} <= AUDIO_EXTENSIONS
+
+
+# --------------------------------------------------------------------------- decoding limits
+
+
+def _constant_flac(path: Path, sr: int, channels: int, seconds: float) -> Path:
+    """A file that compresses to almost nothing and decodes to sr x channels x seconds samples."""
+    with sf.SoundFile(path, "w", sr, channels, format="FLAC", subtype="PCM_16") as f:
+        block = np.full((sr // 2, channels), 0.25, np.float32)
+        for _ in range(int(seconds * 2)):
+            f.write(block)
+    return path
+
+
+def _peak_python_memory(fn) -> tuple[object, int]:
+    """Run ``fn``; return its result (or the exception it raised) and the peak traced allocation in bytes.
+
+    NumPy reports its array buffers to tracemalloc, so this measures what decoding holds at once.
+    """
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        try:
+            result: object = fn()
+        except Exception as exc:  # noqa: BLE001 - returned for the caller to check
+            result = exc
+        return result, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_decode_bomb_is_refused_from_the_header(tmp_path):
+    """The issue's bomb (655,350 Hz x 8 channels) in miniature: refused before any decoding."""
+    bomb = _constant_flac(tmp_path / "bomb.flac", 655_350, 8, 2.0)  # 10.5 M samples, ~40 KB on disk
+    assert bomb.stat().st_size < 200_000
+    result, peak = _peak_python_memory(lambda: load_audio(bomb, max_duration=600))
+    assert isinstance(result, AudioTooLarge), result
+    assert str(bomb) in str(result) and "655350 Hz" in str(result) and "384000 Hz" in str(result)
+    assert peak < 2 * 2**20, f"refusing the bomb allocated {peak / 2**20:.1f} MB"
+    with pytest.raises(AudioTooLarge, match="bomb.flac: sample rate 655350"):
+        load_audio(bomb.read_bytes(), name="bomb.flac")  # no max_duration: still refused
+    with pytest.raises(AudioError, match=r"clip: sample rate 1 Hz is below the minimum of 4000 Hz"):
+        prepare_waveform(np.ones(600, np.float32), 1, name="clip")  # would upsample 16000x
+    with pytest.raises(AudioTooLarge, match="clip: sample rate 500000 Hz"):
+        prepare_waveform(np.ones(600, np.float32), 500_000, name="clip")
+
+
+def test_too_many_samples_for_the_duration_limit_is_refused(tmp_path):
+    """96 kHz x 8 channels x 3 s is within a 2.5 s limit's duration slack but over its decoding budget."""
+    path = _constant_flac(tmp_path / "wide.flac", 96_000, 8, 3.0)
+    result, peak = _peak_python_memory(lambda: load_audio(path, max_duration=2.5))
+    assert isinstance(result, AudioTooLarge), result
+    assert "wide.flac" in str(result) and "8-channel" in str(result) and "M samples" in str(result)
+    assert peak < 2 * 2**20
+    long = _constant_flac(tmp_path / "long.flac", 16_000, 1, 8.0)
+    result, peak = _peak_python_memory(lambda: load_audio(long, max_duration=2.0))
+    assert isinstance(result, AudioTooLong) and "8.0 s long, over the limit of 2 s" in str(result)
+    assert peak < 2**20  # refused from the header, nothing decoded
+    assert load_audio(path, max_duration=10).size == 3 * SAMPLE_RATE  # within both limits
+
+
+def test_many_channels_decode_in_memory_proportional_to_the_mono_output(tmp_path):
+    """Blocks are mixed down and resampled as they are decoded: 8 channels at 48 kHz never sit in memory."""
+    sr, seconds, channels = 48_000, 8.0, 8
+    t = np.arange(int(sr * seconds)) / sr
+    tone = (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
+    data = np.stack([tone * (1 - 0.1 * c) for c in range(channels)], axis=1)
+    path = tmp_path / "eight.flac"
+    sf.write(path, data, sr, subtype="PCM_24")
+    input_bytes = data.size * 4  # 12.3 MB decoded at once by a whole-file read
+    wave, peak = _peak_python_memory(lambda: load_audio(path, max_duration=600))
+    assert isinstance(wave, np.ndarray) and wave.size == seconds * SAMPLE_RATE
+    output_bytes = wave.nbytes  # 0.5 MB
+    assert peak < 3 * output_bytes + 2 * 2**20, (peak, output_bytes)
+    assert peak < input_bytes / 3
+    # the same numbers as downmixing and resampling the whole file at once
+    import soxr
+
+    whole, _ = sf.read(path, dtype="float32", always_2d=True)
+    expected = soxr.resample(whole.mean(axis=1), sr, SAMPLE_RATE, quality="HQ")
+    np.testing.assert_array_equal(wave, expected)

@@ -11,8 +11,11 @@ import io
 import json
 import logging
 import re
+import socket
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -465,6 +468,8 @@ def test_stream_garbage_gets_errors_and_stream_continues(client: TestClient) -> 
         ({"window": 3600}, "window"),
         ({"volume": 11}, "volume"),
         ([1, 2], "JSON object"),
+        ({"sample_rate": 8000, "window": 10, "hop": 0.05}, "hop 0.05 s must be between 0.1 s"),
+        ({"window": 10, "hop": 0.2}, "window / hop = 50 is over the limit of 20"),
     ],
 )
 def test_stream_bad_config_closes_1007(client: TestClient, config: Any, detail: str) -> None:
@@ -475,6 +480,7 @@ def test_stream_bad_config_closes_1007(client: TestClient, config: Any, detail: 
         with pytest.raises(WebSocketDisconnect) as closed:
             ws.receive_json()
         assert closed.value.code == 1007
+        assert detail[:40] in closed.value.reason  # the close reason says what was wrong
 
 
 def test_stream_oversized_frame_closes_1009(client: TestClient) -> None:
@@ -483,7 +489,95 @@ def test_stream_oversized_frame_closes_1009(client: TestClient) -> None:
         assert ws.receive_json()["error"] == "frame_too_large"
         with pytest.raises(WebSocketDisconnect) as closed:
             ws.receive_json()
-        assert closed.value.code == 1009
+        assert closed.value.code == 1009 and "64002 bytes" in closed.value.reason
+
+
+def test_stream_amplification_is_capped_to_real_time() -> None:
+    """The issue's attack: window 10 s, then one 1 MiB frame of 8 kHz PCM (65 s of audio at once).
+
+    Before: one 10 s analysis per 0.05 s hop, 1,310 of them queued at once (~750 MB, 138 s). Now
+    the hop is at least 0.1 s and window / hop at most 20, and audio sent faster than real time
+    is analysed at most once per hop of wall-clock time plus a burst: the rest is dropped (and
+    counted), newest audio first.
+    """
+    fake = FakeRecognizer()
+    settings = ServeSettings(stream_max_frame_bytes=1 << 20, stream_burst_s=2.0, stream_max_ahead_s=120)
+    with TestClient(create_app(fake, settings=settings)) as c, c.websocket_connect("/api/v1/stream") as ws:
+        ws.send_text(json.dumps({"sample_rate": 8000, "window": 10, "hop": 0.5}))
+        assert ws.receive_json()["config"]["hop"] == 0.5
+        rng = np.random.default_rng(0)
+        frame = (rng.uniform(-0.5, 0.5, (1 << 20) // 2) * 32767).astype("<i2").tobytes()  # 65.5 s
+        started = time.monotonic()
+        ws.send_bytes(frame)
+        boundaries = int(65.536 * 2)  # hop boundaries in the frame; the resampler may hold one back
+        results: list[dict[str, Any]] = []
+        while sum(1 + r.get("dropped", 0) for r in results) < boundaries - 1:
+            results.append(ws.receive_json())
+        elapsed = time.monotonic() - started
+        allowed = 2.0 / 0.5 + elapsed / 0.5 + 1  # the burst plus real time
+        assert len(results) <= allowed, f"{len(results)} windows analysed in {elapsed:.1f} s"
+        assert fake.calls == len(results)
+        assert results[0]["dropped"] >= boundaries - 1 - allowed  # the oldest windows were dropped
+        assert results[-1]["t"] == pytest.approx(65.5, abs=0.6)  # and the newest audio analysed
+        assert all(r["speech"] and r["emotion"] in FakeRecognizer.labels for r in results)
+        time.sleep(0.6)  # real time catches up: one more hop may be analysed
+        ws.send_bytes(pcm16(loud_speech(0.5)))  # 1 s at 8 kHz: two more hops, newest analysed
+        last = ws.receive_json()
+        assert last["speech"] and results[-1]["t"] + 1.0 <= last["t"] <= 66.6
+
+
+def test_stream_audio_is_read_at_most_a_little_ahead_of_real_time(fake: FakeRecognizer) -> None:
+    """A client flooding PCM is paced by the server (it stops reading) instead of being decoded at once."""
+    settings = ServeSettings(stream_max_ahead_s=0.5, stream_burst_s=10.0)
+    with TestClient(create_app(fake, settings=settings)) as c, c.websocket_connect("/api/v1/stream") as ws:
+        started = time.monotonic()
+        for seed in range(3):  # 3 s of audio sent at once
+            ws.send_bytes(pcm16(loud_speech(1.0, seed=seed)))
+        results = receive_results(ws, 6)
+        elapsed = time.monotonic() - started
+    assert [r["t"] for r in results] == [0.5, 1.0, 1.5, 2.0, 2.5, 3.0]  # nothing dropped within the burst
+    assert elapsed >= 3.0 - 1.0 - 0.5 - 0.2  # the third second was read only ~1.5 s in
+
+
+def test_stream_big_or_deeply_nested_text_closes_with_a_reason(client: TestClient) -> None:
+    """A deeply nested JSON frame used to raise RecursionError and drop the connection with no code."""
+    with client.websocket_connect("/api/v1/stream") as ws:
+        ws.send_text("[" * 3000)  # within the 4 KiB text limit, far beyond the parser's recursion limit
+        error = ws.receive_json()
+        assert error["error"] == "bad_message" and "deeper than 4 levels" in error["detail"]
+        with pytest.raises(WebSocketDisconnect) as closed:
+            ws.receive_json()
+        assert closed.value.code == 1007 and "deeper" in closed.value.reason
+    with client.websocket_connect("/api/v1/stream") as ws:
+        ws.send_text(json.dumps({"window": 2.0, "pad": "x" * 10_000}))
+        assert ws.receive_json()["error"] == "message_too_large"
+        with pytest.raises(WebSocketDisconnect) as closed:
+            ws.receive_json()
+        assert closed.value.code == 1009 and "4096" in closed.value.reason
+    assert client.get("/healthz").status_code == 200
+
+
+def test_stream_connections_are_limited_and_idle_streams_closed(fake: FakeRecognizer) -> None:
+    settings = ServeSettings(stream_max_connections=2, stream_idle_timeout_s=0.3)
+    with TestClient(create_app(fake, settings=settings)) as c:
+        with c.websocket_connect("/api/v1/stream") as a, c.websocket_connect("/api/v1/stream") as b:
+            with c.websocket_connect("/api/v1/stream") as third:
+                assert third.receive_json()["error"] == "too_many_streams"
+                with pytest.raises(WebSocketDisconnect) as closed:
+                    third.receive_json()
+                assert closed.value.code == 1013 and "2 live streams" in closed.value.reason
+            for ws in (a, b):
+                ws.send_bytes(pcm16(loud_speech(0.5)))
+                assert ws.receive_json()["speech"]
+            time.sleep(0.5)  # both idle past the timeout
+            for ws in (a, b):
+                assert ws.receive_json()["error"] == "idle_timeout"
+                with pytest.raises(WebSocketDisconnect) as closed:
+                    ws.receive_json()
+                assert closed.value.code == 1008 and "no data for 0.3 s" in closed.value.reason
+        with c.websocket_connect("/api/v1/stream") as ws:  # the slots were given back
+            ws.send_bytes(pcm16(loud_speech(0.5)))
+            assert ws.receive_json()["speech"]
 
 
 def test_stream_client_disconnect_mid_stream_is_clean(
@@ -497,6 +591,241 @@ def test_stream_client_disconnect_mid_stream_is_clean(
         assert ws.receive_json()["speech"]
     assert client.get("/healthz").status_code == 200
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+
+
+# --------------------------------------------------------------------------- decoding bombs
+
+
+def constant_flac(sr: int, channels: int, seconds: float) -> bytes:
+    """A FLAC that is tiny on disk and decodes to sr x channels x seconds samples."""
+    buf = io.BytesIO()
+    with sf.SoundFile(buf, "w", sr, channels, format="FLAC", subtype="PCM_16") as f:
+        block = np.full((sr // 2, channels), 0.25, np.float32)
+        for _ in range(int(seconds * 2)):
+            f.write(block)
+    return buf.getvalue()
+
+
+def test_decode_bombs_are_413_before_decoding(client: TestClient) -> None:
+    """The issue's 655,350 Hz x 8 channel FLAC in miniature, and one over the decoding budget."""
+    bomb = constant_flac(655_350, 8, 2.0)  # 10.5 M samples in ~40 KB
+    assert len(bomb) < 0.5 * 2**20
+    r = client.post("/api/v1/predict", files={"file": ("bomb.flac", bomb)})
+    assert_error(r, 413, "audio_too_large", "bomb.flac: sample rate 655350 Hz is over the limit")
+    wide = constant_flac(192_000, 8, 25.0)  # 25 s (within 30 s) but 38 M samples over 8 channels
+    r = client.post("/api/v1/predict", files={"file": ("wide.flac", wide)})
+    assert_error(r, 413, "audio_too_large", "wide.flac")
+    assert "8-channel" in r.json()["detail"]
+    batch = client.post("/api/v1/predict/batch", files=[("files", ("bomb.flac", bomb))]).json()
+    assert batch["results"][0]["status"] == 413 and batch["results"][0]["error"] == "audio_too_large"
+
+
+# --------------------------------------------------------------------------- browsers: origin, CSP, page
+
+
+EVIL = "http://evil.example"
+
+
+def test_cross_origin_posts_and_websockets_are_refused(client: TestClient) -> None:
+    clip = {"file": ("ok.wav", wav_bytes(loud_speech(1.0)))}
+    r = client.post("/api/v1/predict", files=clip, headers={"origin": EVIL})
+    assert_error(r, 403, "cross_origin", "from origin http://evil.example refused")
+    assert_error(
+        client.post("/api/v1/predict/batch", files=[("files", clip["file"])], headers={"origin": "null"}),
+        403,
+        "cross_origin",
+    )
+    assert_error(
+        client.post("/api/v1/predict", files=clip, headers={"sec-fetch-site": "cross-site"}),
+        403,
+        "cross_origin",
+    )
+    with pytest.raises(WebSocketDisconnect) as closed:
+        with client.websocket_connect("/api/v1/stream", headers={"origin": EVIL}) as ws:
+            ws.receive_json()
+    assert closed.value.code == 1008 and "cross-origin" in closed.value.reason
+    # same origin (the Host the page was served from) and non-browser clients are served
+    assert (
+        client.post("/api/v1/predict", files=clip, headers={"origin": "http://testserver"}).status_code == 200
+    )
+    assert client.post("/api/v1/predict", files=clip).status_code == 200
+    assert client.get("/api/v1/model", headers={"origin": EVIL}).status_code == 200  # reads are harmless
+    with client.websocket_connect("/api/v1/stream", headers={"origin": "http://testserver"}) as ws:
+        ws.send_bytes(pcm16(loud_speech(0.5)))
+        assert ws.receive_json()["speech"]
+
+
+def test_allowed_origins_are_served(fake: FakeRecognizer) -> None:
+    allowed = "https://app.example:8443"
+    with TestClient(create_app(fake, settings=ServeSettings(cors_origins=(allowed,)))) as c:
+        clip = {"file": ("ok.wav", wav_bytes(loud_speech(1.0)))}
+        r = c.post("/api/v1/predict", files=clip, headers={"origin": allowed})
+        assert r.status_code == 200 and r.headers["access-control-allow-origin"] == allowed
+        assert c.post("/api/v1/predict", files=clip, headers={"origin": EVIL}).status_code == 403
+        with c.websocket_connect("/api/v1/stream", headers={"origin": allowed}) as ws:
+            ws.send_bytes(pcm16(loud_speech(0.5)))
+            assert ws.receive_json()["speech"]
+    with pytest.raises(ConfigError, match="cors_origins"):
+        ServeSettings(cors_origins=("evil.example",))
+
+
+def test_page_and_static_files_carry_a_strict_csp(client: TestClient) -> None:
+    for url in ("/", "/static/app.js", "/static/style.css", "/static/pcm-worklet.js", "/docs", "/healthz"):
+        headers = client.get(url).headers
+        csp = headers["content-security-policy"]
+        assert "default-src 'none'" in csp and "script-src 'self'" in csp, url
+        assert "unsafe-inline" not in csp and "unsafe-eval" not in csp and "frame-ancestors 'none'" in csp
+        assert headers["x-content-type-options"] == "nosniff"
+
+
+def test_docs_render_code_spans(client: TestClient) -> None:
+    docs = client.get("/docs").text
+    assert "`" not in docs, "raw Markdown backticks in /docs"
+    assert "Multipart field <code>file</code>" in docs
+    assert "<code>?timeline=true</code>" in docs
+
+
+def test_page_renders_server_strings_as_text(client: TestClient) -> None:
+    page = client.get("/").text
+    assert not re.search(r"<script(?![^>]*\bsrc=)", page), "inline script"
+    assert not re.search(r"<[^>]*\son[a-z]+\s*=", page), "inline event handler"
+    assert not re.search(r"<[^>]*\sstyle\s*=", page), "inline style attribute"
+    app_js = client.get("/static/app.js").text
+    for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval("):
+        assert sink not in app_js, f"app.js uses {sink}: server strings must be rendered as text"
+    assert 'setAttribute("style"' not in app_js and "style:" not in app_js  # CSP forbids inline styles
+
+
+def test_an_example_clip_is_served_for_the_page(client: TestClient) -> None:
+    example = client.get("/static/example.flac")
+    assert example.status_code == 200 and example.headers["content-type"] == "audio/flac"
+    info = sf.info(io.BytesIO(example.content))
+    assert info.samplerate == SR and 1.0 < info.duration < 10.0
+    r = client.post("/api/v1/predict", files={"file": ("example.flac", example.content)})
+    assert r.status_code == 200, r.text
+    assert 'id="example-btn"' in client.get("/").text
+
+
+def test_stalled_upload_body_is_408(fake: FakeRecognizer) -> None:
+    app = create_app(fake, settings=ServeSettings(body_timeout_s=0.2))
+
+    async def body():
+        yield b'--B\r\nContent-Disposition: form-data; name="file"; filename="slow.wav"\r\n\r\n'
+        await asyncio.sleep(1.0)  # the client stalls mid-body
+        yield b"\r\n--B--\r\n"
+
+    async def run() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+            return await c.post(
+                "/api/v1/predict", content=body(), headers={"content-type": "multipart/form-data; boundary=B"}
+            )
+
+    started = time.monotonic()
+    assert_error(asyncio.run(run()), 408, "request_timeout", "no data for 0.2 s")
+    assert time.monotonic() - started < 5
+
+
+# --------------------------------------------------------------------------- under uvicorn
+
+
+@contextmanager
+def live_server(app: Any, settings: ServeSettings) -> Iterator[int]:
+    """``app`` under real uvicorn (with emovox's connection limits) on a free loopback port."""
+    import uvicorn
+
+    from emovox.serve import uvicorn_config
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = uvicorn_config(app, settings, host="127.0.0.1", port=port, log_config=None, log_level="info")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.02)
+    try:
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def test_client_leaving_mid_upload_is_one_short_log_line(
+    fake: FakeRecognizer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Used to log "internal error" plus two ~106-line tracebacks per disconnect."""
+    caplog.set_level(logging.INFO)
+    with live_server(create_app(fake), ServeSettings()) as port:
+        head = (
+            b"POST /api/v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: multipart/form-data; boundary=B\r\nContent-Length: 100000\r\n\r\n"
+            b'--B\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\n'
+        )
+        for _ in range(3):
+            with socket.create_connection(("127.0.0.1", port)) as sock:
+                sock.sendall(head + bytes(5000))
+                time.sleep(0.1)  # the server is reading the body when the client leaves
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and len(_server_records(caplog)) < 3:
+            time.sleep(0.05)
+        time.sleep(0.2)
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200
+    records = _server_records(caplog)
+    assert len(records) == 3, [r.getMessage() for r in records]
+    for record in records:
+        assert record.exc_info is None and record.levelno <= logging.INFO
+        assert "disconnected during POST /api/v1/predict" in record.getMessage()
+        assert "\n" not in record.getMessage() and len(record.getMessage()) < 120
+
+
+def _server_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    """What the app and uvicorn logged, minus uvicorn's start/stop and access lines."""
+    return [
+        r
+        for r in caplog.records
+        if r.name.startswith(("emovox", "uvicorn.error")) and not r.getMessage().startswith(_UVICORN_CHATTER)
+    ]
+
+
+_UVICORN_CHATTER = (
+    "Started server",
+    "Waiting for",
+    "Application startup",
+    "Uvicorn running",
+    "Shutting",
+    "Finished server",
+    "Application shutdown",
+    "emovox model",
+)
+
+
+def test_stalled_connections_are_closed(fake: FakeRecognizer) -> None:
+    """Connections that send nothing, or headers that never finish, used to stay open indefinitely."""
+    settings = ServeSettings(header_timeout_s=0.5)
+    with live_server(create_app(fake), settings) as port:
+        silent = socket.create_connection(("127.0.0.1", port))
+        partial = socket.create_connection(("127.0.0.1", port))
+        partial.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # never finished
+        started = time.monotonic()
+        for sock in (silent, partial):
+            sock.settimeout(5)
+            assert sock.recv(1024) == b"", "the server should close a stalled connection"
+            sock.close()
+        assert time.monotonic() - started < 3
+        # a WebSocket lives past the header timeout; keep-alive requests still work
+        from websockets.sync.client import connect
+
+        with connect(f"ws://127.0.0.1:{port}/api/v1/stream") as ws:
+            time.sleep(0.8)
+            ws.send(pcm16(loud_speech(0.5)))
+            assert json.loads(ws.recv(timeout=5))["speech"]
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}") as c:
+            assert c.get("/healthz").status_code == 200
+            assert c.get("/healthz").status_code == 200
 
 
 # --------------------------------------------------------------------------- the real Recognizer

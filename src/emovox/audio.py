@@ -25,7 +25,30 @@ from emovox.errors import AudioError
 SAMPLE_RATE = 16_000
 AUDIO_EXTENSIONS = frozenset({".wav", ".flac", ".ogg", ".opus", ".mp3", ".aif", ".aiff"})
 
+# Sample rates accepted from files and arrays. Below 4 kHz there is no speech band left to classify
+# (and resampling up would multiply the input: a 1 Hz file 600 frames long becomes 9.6 M samples);
+# above 384 kHz (the highest rate in common use, DXD) is no recording of speech, only a way to make
+# a small compressed file decode to gigabytes.
+MIN_SAMPLE_RATE = 4_000
+MAX_SAMPLE_RATE = 384_000
+# Decoding work allowed per second of max_duration, in samples (frames x channels) at the file's
+# rate: 8 channels at 48 kHz, or 2 channels at 192 kHz. A 600 s limit allows 230 M samples.
+DECODE_SAMPLES_PER_SECOND = 384_000
+# Samples (frames x channels) decoded per block: about 1 MB of float32 whatever the layout.
+_BLOCK_SAMPLES = 1 << 18
+
 AudioSource = str | Path | bytes | BinaryIO
+
+
+class AudioTooLarge(AudioError):
+    """Audio over a limit on what decoding may produce: too long, too many samples, too high a rate.
+
+    The web service answers it with 413; everything else treats it as any :class:`AudioError`.
+    """
+
+
+class AudioTooLong(AudioTooLarge):
+    """Audio longer than the caller's ``max_duration``."""
 
 
 def is_audio_file(path: Path) -> bool:
@@ -54,6 +77,13 @@ def load_audio(
 
     ``trim`` removes leading and trailing silence. ``min_duration`` / ``max_duration`` (seconds,
     measured after trimming) reject clips the model cannot use. Raises :class:`AudioError`.
+
+    The header is checked before anything is decoded: a sample rate outside
+    ``MIN_SAMPLE_RATE..MAX_SAMPLE_RATE``, or, with ``max_duration``, more than ``max_duration``
+    (+1 s) of audio or more than ``DECODE_SAMPLES_PER_SECOND * (max_duration + 1)`` samples over all
+    channels, raises :class:`AudioTooLarge` (also while decoding, in case the header lies). The file
+    is then decoded in blocks of about 1 MB, each mixed down to mono and fed through a streaming
+    resampler, so memory is proportional to the mono output, never to the input's channels or rate.
     """
     label = _describe(source, name)
     if isinstance(source, (str, Path)):
@@ -76,27 +106,92 @@ def load_audio(
             truncated = _truncation(f.extra_info)
             if truncated:
                 raise AudioError(f"{label}: file is truncated ({truncated})")
-            data = f.read(dtype="float32", always_2d=True)
             file_sr = f.samplerate
+            check_sample_rate(file_sr, label)
+            limit = _DecodeLimit(label, file_sr, f.channels, max_duration, trim)
+            limit.check(f.frames)  # from the header, before decoding anything
+            data = _decode_mono(f, sr, limit)
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, EOFError) as exc:
         raise AudioError(f"{label}: not a readable audio file ({_short(exc)})") from None
-    # soundfile returns frames x channels; mix down here so a very short multichannel file is
-    # never mistaken for channels x frames by prepare_waveform's layout guess
-    data = data.mean(axis=1) if data.shape[0] else data[:, 0]
-    if max_duration is not None and data.shape[0] > (max_duration + 1.0) * file_sr and not trim:
-        # cheap early rejection before resampling a very long file
-        raise AudioError(
-            f"{label}: audio is {data.shape[0] / file_sr:.1f} s long, over the limit of {max_duration:g} s"
-        )
     return prepare_waveform(
         data,
-        file_sr,
+        sr,
         target_sr=sr,
         trim=trim,
         min_duration=min_duration,
         max_duration=max_duration,
         name=label,
     )
+
+
+def check_sample_rate(sample_rate: object, name: str) -> None:
+    """Refuse a sample rate that is not a positive integer in ``MIN_SAMPLE_RATE..MAX_SAMPLE_RATE``."""
+    if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, np.integer)) or sample_rate <= 0:
+        raise AudioError(f"{name}: invalid sample rate {sample_rate!r}")
+    if sample_rate > MAX_SAMPLE_RATE:
+        raise AudioTooLarge(f"{name}: sample rate {sample_rate} Hz is over the limit of {MAX_SAMPLE_RATE} Hz")
+    if sample_rate < MIN_SAMPLE_RATE:
+        raise AudioError(f"{name}: sample rate {sample_rate} Hz is below the minimum of {MIN_SAMPLE_RATE} Hz")
+
+
+class _DecodeLimit:
+    """How much a file may decode to, from the caller's ``max_duration`` (no limit without one)."""
+
+    def __init__(
+        self, name: str, sample_rate: int, channels: int, max_duration: float | None, trim: bool
+    ) -> None:
+        self.name, self.sample_rate, self.channels = name, sample_rate, max(1, channels)
+        self.max_duration = max_duration
+        # duration is measured after trimming, so with trim only the decoding budget applies
+        self.max_frames = None if max_duration is None or trim else (max_duration + 1.0) * sample_rate
+        self.max_samples = None if max_duration is None else DECODE_SAMPLES_PER_SECOND * (max_duration + 1.0)
+
+    def check(self, frames: int) -> None:
+        if self.max_frames is not None and frames > self.max_frames:
+            assert self.max_duration is not None
+            raise AudioTooLong(
+                f"{self.name}: audio is {frames / self.sample_rate:.1f} s long, over the limit of "
+                f"{self.max_duration:g} s"
+            )
+        if self.max_samples is not None and frames * self.channels > self.max_samples:
+            assert self.max_duration is not None
+            raise AudioTooLarge(
+                f"{self.name}: {frames / self.sample_rate:.1f} s of {self.channels}-channel audio at "
+                f"{self.sample_rate} Hz ({frames * self.channels / 1e6:.0f} M samples) is more than "
+                f"{self.max_samples / 1e6:.0f} M samples, the most decoded for a limit of "
+                f"{self.max_duration:g} s"
+            )
+
+
+def _decode_mono(f: sf.SoundFile, sr: int, limit: _DecodeLimit) -> np.ndarray:
+    """Decode an open file block by block, each mixed to mono and resampled to ``sr`` as it comes."""
+    channels = max(1, f.channels)
+    block = max(1024, _BLOCK_SAMPLES // channels)
+    resampler = (
+        soxr.ResampleStream(f.samplerate, sr, 1, dtype="float32", quality="HQ")
+        if f.samplerate != sr
+        else None
+    )
+    parts: list[np.ndarray] = []
+    frames = 0
+    while True:
+        data = f.read(block, dtype="float32", always_2d=True)
+        if data.shape[0] == 0:
+            break
+        frames += data.shape[0]
+        limit.check(frames)
+        # soundfile returns frames x channels; mix down here so a very short multichannel file is
+        # never mistaken for channels x frames by prepare_waveform's layout guess
+        mono = data[:, 0] if channels == 1 else data.mean(axis=1)
+        if not np.isfinite(mono).all():
+            raise AudioError(f"{limit.name}: audio contains NaN or infinite samples")
+        mono = np.ascontiguousarray(mono)
+        parts.append(resampler.resample_chunk(mono) if resampler is not None else mono)
+    if resampler is not None and frames:
+        parts.append(resampler.resample_chunk(np.zeros(0, np.float32), last=True))
+    if not parts:
+        return np.zeros(0, np.float32)
+    return np.concatenate(parts).astype(np.float32, copy=False)
 
 
 def prepare_waveform(
@@ -117,8 +212,7 @@ def prepare_waveform(
     arr = np.asarray(wave)
     if arr.dtype.kind not in "fiu":
         raise AudioError(f"{name}: audio must be numeric, got dtype {arr.dtype}")
-    if not isinstance(sample_rate, (int, np.integer)) or sample_rate <= 0:
-        raise AudioError(f"{name}: invalid sample rate {sample_rate!r}")
+    check_sample_rate(sample_rate, name)
     if arr.dtype.kind in "iu":
         info = np.iinfo(arr.dtype)
         arr = (arr.astype(np.float32) - (info.max + info.min + 1) / 2) / (info.max - info.min + 1) * 2
@@ -133,6 +227,11 @@ def prepare_waveform(
         raise AudioError(f"{name}: expected a 1-D or 2-D array, got shape {arr.shape}")
     if not np.isfinite(arr).all():
         raise AudioError(f"{name}: audio contains NaN or infinite samples")
+    if max_duration is not None and not trim and arr.size > (max_duration + 1.0) * sample_rate:
+        # refused before resampling, which is the costly part
+        raise AudioTooLong(
+            f"{name}: audio is {arr.size / sample_rate:.1f} s long, over the limit of {max_duration:g} s"
+        )
     if sample_rate != target_sr:
         arr = soxr.resample(arr, sample_rate, target_sr, quality="HQ").astype(np.float32, copy=False)
     if trim:
@@ -145,7 +244,7 @@ def prepare_waveform(
             f"{name}: audio is {duration:.2f} s long, shorter than the minimum of {min_duration:g} s"
         )
     if max_duration is not None and duration > max_duration:
-        raise AudioError(f"{name}: audio is {duration:.1f} s long, over the limit of {max_duration:g} s")
+        raise AudioTooLong(f"{name}: audio is {duration:.1f} s long, over the limit of {max_duration:g} s")
     return np.ascontiguousarray(arr)
 
 

@@ -16,10 +16,19 @@ Uploads are parsed by a streaming multipart parser (python-multipart) while the 
 an upload over the size limit is refused as soon as the limit is crossed, never buffered whole.
 Decoding and inference run in worker threads behind a capacity limiter, so the event loop keeps
 answering and N simultaneous requests never oversubscribe the CPU cores.
+
+No single client can take the server down: decoding is bounded by what the file's header says it
+holds (:func:`emovox.audio.load_audio`: 413 for too long or too large), the stream is analysed at
+most in real time with bounded windows, frames and connections, stalled connections time out
+(request headers, body, idle WebSocket), and a client that leaves mid-upload is one log line.
+Browsers may only use the service from its own origin (or those in ``cors_origins``): cross-origin
+POSTs get 403 and cross-origin WebSockets are closed with 1008. The page and its files carry a
+strict Content-Security-Policy, and the page renders every server-provided string as text.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import html
 import io
@@ -27,12 +36,15 @@ import json
 import logging
 import math
 import os
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+import re
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
+from urllib.parse import urlsplit
 
 import anyio
 import numpy as np
@@ -44,10 +56,14 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
-from emovox.audio import SAMPLE_RATE, load_audio
+from emovox.audio import SAMPLE_RATE, AudioTooLarge, AudioTooLong, load_audio
 from emovox.errors import AudioError, ConfigError, EmovoxError
 from emovox.jsonutil import jsonable
 
@@ -55,8 +71,26 @@ log = logging.getLogger("emovox.serve")
 
 API = "/api/v1"
 STATIC_DIR = Path(str(resources.files("emovox") / "static"))
-STATIC_FILES = {"index.html", "app.js", "style.css", "pcm-worklet.js", "docs.css"}
+STATIC_FILES = {"index.html", "app.js", "style.css", "pcm-worklet.js", "docs.css", "example.flac"}
 _MULTIPART_OVERHEAD = 64 * 1024  # headers and boundaries allowed on top of the file size limit
+
+# Sent with every HTTP response. The page loads only its own script, styles, worklet and example
+# clip, talks only to its own origin (fetch + WebSocket), has no inline script or style attribute,
+# and may not be framed; so even a string that slipped into the DOM as HTML could not run script.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "media-src 'self' blob:; connect-src 'self'; worker-src 'self'; base-uri 'none'; "
+    "form-action 'self'; frame-ancestors 'none'"
+)
+SECURITY_HEADERS = {
+    "content-security-policy": CONTENT_SECURITY_POLICY,
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "no-referrer",
+    "x-frame-options": "DENY",
+    "cross-origin-opener-policy": "same-origin",
+}
+_SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
+_MAX_JSON_DEPTH = 4  # a stream config is one flat object
 
 T = TypeVar("T")
 
@@ -82,9 +116,23 @@ class ServeSettings:
     max_batch_files: int = 16
     max_batch_mb: float = 100.0  # whole batch request body
     workers: int = field(default_factory=lambda: max(1, min(2, os.cpu_count() or 1)))  # inference threads
+    # browser origins (scheme://host[:port]) allowed besides the page's own, for CORS, form posts
+    # and WebSockets; "*" allows any
     cors_origins: tuple[str, ...] = ()
-    stream_max_frame_bytes: int = 1 << 20  # one WebSocket binary frame (~32 s of s16le)
+    # connections
+    max_connections: int = 256  # open HTTP + WebSocket connections; more are answered 503
+    header_timeout_s: float = 10.0  # a request's headers must arrive within this
+    body_timeout_s: float = 30.0  # longest pause while an upload's body streams in (408)
+    # the WebSocket stream
+    stream_max_connections: int = 8  # live streams at once (each may use ~0.2 core); more: 1013
+    stream_max_frame_bytes: int = 256 * 1024  # one binary frame (8 s of 16 kHz s16le)
+    stream_max_text_bytes: int = 4096  # one text (config) message
     stream_max_window_s: float = 10.0
+    stream_min_hop_s: float = 0.1
+    stream_max_overlap: float = 20.0  # window / hop: how often each second of audio is analysed
+    stream_burst_s: float = 5.0  # audio analysed ahead of real time before windows are dropped
+    stream_max_ahead_s: float = 60.0  # audio read ahead of real time before reading pauses
+    stream_idle_timeout_s: float = 30.0  # a stream that sends nothing for this long is closed
 
     def __post_init__(self) -> None:
         positive = {
@@ -93,12 +141,37 @@ class ServeSettings:
             "max_batch_files": self.max_batch_files,
             "max_batch_mb": self.max_batch_mb,
             "workers": self.workers,
+            "max_connections": self.max_connections,
+            "header_timeout_s": self.header_timeout_s,
+            "body_timeout_s": self.body_timeout_s,
+            "stream_max_connections": self.stream_max_connections,
             "stream_max_frame_bytes": self.stream_max_frame_bytes,
+            "stream_max_text_bytes": self.stream_max_text_bytes,
             "stream_max_window_s": self.stream_max_window_s,
+            "stream_min_hop_s": self.stream_min_hop_s,
+            "stream_max_overlap": self.stream_max_overlap,
+            "stream_burst_s": self.stream_burst_s,
+            "stream_max_ahead_s": self.stream_max_ahead_s,
+            "stream_idle_timeout_s": self.stream_idle_timeout_s,
         }
         for name, value in positive.items():
-            if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not math.isfinite(value)
+                or value <= 0
+            ):
                 raise ConfigError(f"serve setting {name}={value!r}: must be a positive number")
+        if self.stream_min_hop_s > self.stream_max_window_s:
+            raise ConfigError(
+                f"serve setting stream_min_hop_s={self.stream_min_hop_s!r}: must not exceed "
+                f"stream_max_window_s={self.stream_max_window_s!r}"
+            )
+        for origin in self.cors_origins:
+            if origin != "*" and normalise_origin(origin) is None:
+                raise ConfigError(
+                    f"serve setting cors_origins: {origin!r} is not an origin like http://host:port"
+                )
 
     @property
     def max_upload_bytes(self) -> int:
@@ -118,6 +191,46 @@ class ApiError(Exception):
 
     def body(self) -> dict[str, Any]:
         return {"error": self.code, "detail": self.detail}
+
+
+def normalise_origin(origin: str) -> str | None:
+    """``scheme://host[:port]`` in lower case, or None when ``origin`` is not an http(s) origin."""
+    try:
+        parts = urlsplit(origin.strip())
+    except ValueError:
+        return None
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/"):
+        return None
+    return f"{parts.scheme}://{parts.netloc}".lower()
+
+
+def origin_allowed(headers: Headers, allowed: Sequence[str]) -> bool:
+    """Whether a browser request may act on this server: same origin, an allowed one, or no browser.
+
+    Browsers send ``Origin`` with every POST and WebSocket handshake; a request without one (curl,
+    scripts) is not a cross-site request. The page's own origin is the one whose host:port is the
+    request's ``Host``. ``Origin: null`` (sandboxed frames, file:// pages) is cross-origin.
+    """
+    origin = headers.get("origin")
+    if origin is None:
+        return headers.get("sec-fetch-site", "") != "cross-site"
+    if "*" in allowed:
+        return True
+    normal = normalise_origin(origin)
+    if normal is None:
+        return origin in allowed
+    if normal in {normalise_origin(a) for a in allowed}:
+        return True
+    host = headers.get("host")
+    return host is not None and urlsplit(normal).netloc == host.strip().lower()
+
+
+def _close_reason(text: str) -> str:
+    """A WebSocket close reason: at most 123 bytes of UTF-8."""
+    data = text.encode("utf-8")
+    if len(data) <= 123:
+        return text
+    return data[:120].decode("utf-8", "ignore") + "..."
 
 
 def _error_response(status: int, code: str, detail: str, *, close: bool = False) -> JSONResponse:
@@ -230,6 +343,28 @@ class _UploadReader:
         self.finished = True
 
 
+class ClientGone(Exception):
+    """The client closed the connection before its request was read: nobody to answer."""
+
+
+async def _chunks(request: Request, idle_timeout: float) -> AsyncIterator[bytes]:
+    """The request body as it arrives; 408 when no byte comes for ``idle_timeout`` seconds."""
+    stream = request.stream().__aiter__()
+    while True:
+        try:
+            with anyio.fail_after(idle_timeout):
+                chunk = await stream.__anext__()
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise ApiError(
+                408, "request_timeout", f"the request body stalled: no data for {idle_timeout:g} s"
+            ) from None
+        except ClientDisconnect:
+            raise ClientGone() from None
+        yield chunk
+
+
 async def read_uploads(
     request: Request,
     field_name: str,
@@ -239,11 +374,14 @@ async def read_uploads(
     shown_limit_mb: float,
     max_files: int,
     strict: bool,
+    idle_timeout: float = 30.0,
 ) -> list[Upload]:
     """Parse the multipart body of ``request`` while it streams in, refusing it as soon as it is too big.
 
     ``body_limit`` bounds the whole body (files plus multipart framing); ``shown_limit_mb`` is the
-    limit users know (e.g. the per-file size) and is what error messages quote.
+    limit users know (e.g. the per-file size) and is what error messages quote. A body that
+    stalls for ``idle_timeout`` seconds is refused with 408; a client that disconnects raises
+    :class:`ClientGone`.
     """
     content_type, params = parse_options_header(request.headers.get("content-type"))
     if content_type != b"multipart/form-data":
@@ -269,7 +407,7 @@ async def read_uploads(
         raise ApiError(400, "malformed_multipart", f"invalid multipart boundary ({exc})") from None
     received = 0
     try:
-        async for chunk in request.stream():
+        async for chunk in _chunks(request, idle_timeout):
             received += len(chunk)
             if received > body_limit:
                 raise ApiError(
@@ -300,20 +438,20 @@ def decode_upload(upload: Upload, max_duration: float) -> np.ndarray:
     if not upload.data:
         raise ApiError(400, "empty_file", f"{name}: file is empty (0 bytes)")
     data = bytes(upload.data)
-    try:
-        info = sf.info(io.BytesIO(data))
+    try:  # the header alone tells "not audio" (415) from audio the model cannot use (422)
+        sf.info(io.BytesIO(data))
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, EOFError):
         raise ApiError(
             415,
             "not_audio",
             f"{name}: not a readable audio file (wav, flac, ogg/vorbis, ogg/opus, mp3, aiff)",
         ) from None
-    seconds = info.frames / info.samplerate if info.samplerate > 0 else 0.0
-    if seconds > max_duration:
-        detail = f"{name}: audio is {seconds:.1f} s long, over the limit of {max_duration:g} s"
-        raise ApiError(413, "audio_too_long", detail)
-    try:
+    try:  # load_audio checks the header's rate, duration and size before decoding anything
         return load_audio(data, name=name, max_duration=max_duration)
+    except AudioTooLong as exc:
+        raise ApiError(413, "audio_too_long", str(exc)) from None
+    except AudioTooLarge as exc:
+        raise ApiError(413, "audio_too_large", str(exc)) from None
     except AudioError as exc:
         raise ApiError(422, "unusable_audio", str(exc)) from None
 
@@ -353,6 +491,7 @@ class _Service:
         self.settings = settings
         self._limiter: anyio.CapacityLimiter | None = None
         self._info: dict[str, Any] | None = None
+        self.streams = 0  # open WebSocket streams (the event loop is single-threaded: no lock)
 
     @property
     def limiter(self) -> anyio.CapacityLimiter:
@@ -451,26 +590,62 @@ class StreamConfig:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ValueError(f"{name} must be a number of seconds, got {value!r}")
         if not 0.25 <= cfg.window <= settings.stream_max_window_s:
-            raise ValueError(f"window {cfg.window} s is outside 0.25..{settings.stream_max_window_s:g} s")
-        if not 0.05 <= cfg.hop <= cfg.window:
-            raise ValueError(f"hop {cfg.hop} s must be between 0.05 s and the window ({cfg.window} s)")
+            raise ValueError(f"window {cfg.window:g} s is outside 0.25..{settings.stream_max_window_s:g} s")
+        if not settings.stream_min_hop_s <= cfg.hop <= cfg.window:
+            raise ValueError(
+                f"hop {cfg.hop:g} s must be between {settings.stream_min_hop_s:g} s and the window "
+                f"({cfg.window:g} s)"
+            )
+        if cfg.window / cfg.hop > settings.stream_max_overlap:
+            raise ValueError(
+                f"window / hop = {cfg.window / cfg.hop:g} is over the limit of "
+                f"{settings.stream_max_overlap:g} (each second of audio would be analysed that often); "
+                "use a longer hop or a shorter window"
+            )
         return cfg
 
     def public(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
+class _RealTime:
+    """Token bucket capping a stream's analyses at one per ``hop`` of wall-clock time.
+
+    Starts full with ``burst_s`` seconds' worth of hops, so a client may send a few seconds ahead
+    (a recorded clip, a network hiccup) and still have every window analysed; beyond that, audio
+    sent faster than real time is dropped window by window instead of queueing work.
+    """
+
+    def __init__(self, hop_s: float, burst_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate = 1.0 / hop_s
+        self.capacity = max(1.0, burst_s / hop_s)
+        self.tokens = self.capacity
+        self.clock = clock
+        self.last = clock()
+
+    def take(self, wanted: int) -> int:
+        """Take up to ``wanted`` analyses; returns how many are allowed now."""
+        now = self.clock()
+        self.tokens = min(self.capacity, self.tokens + (now - self.last) * self.rate)
+        self.last = now
+        granted = min(wanted, int(self.tokens))
+        self.tokens -= granted
+        return granted
+
+
 class _StreamSession:
     """Ring buffer of the last ``window`` seconds at 16 kHz; yields a window every ``hop`` seconds."""
 
-    def __init__(self, cfg: StreamConfig) -> None:
+    def __init__(self, cfg: StreamConfig, burst_s: float = 5.0) -> None:
         self.cfg = cfg
+        self.rate_limit = _RealTime(cfg.hop, burst_s)
         self.window = int(round(cfg.window * SAMPLE_RATE))
         self.hop = int(round(cfg.hop * SAMPLE_RATE))
         self.ring = np.zeros(self.window, dtype=np.float32)
         self.filled = 0  # valid samples in the ring (< window only at the start)
         self.total = 0  # samples received since the start, at 16 kHz
         self.since_hop = 0
+        self.dropped = 0  # windows skipped by the rate limit since the last one analysed
         self.resampler = (
             soxr.ResampleStream(cfg.sample_rate, SAMPLE_RATE, 1, dtype="float32", quality="HQ")
             if cfg.sample_rate != SAMPLE_RATE
@@ -496,10 +671,26 @@ class _StreamSession:
             samples = self.resampler.resample_chunk(samples)
         return samples
 
-    def push(self, samples: np.ndarray) -> list[tuple[float, np.ndarray]]:
-        """Append samples; return ``(end time s, window)`` for every hop boundary crossed."""
-        out: list[tuple[float, np.ndarray]] = []
+    def boundaries(self, n_samples: int) -> int:
+        """How many hop boundaries appending ``n_samples`` (at 16 kHz) will cross."""
+        return (self.since_hop + n_samples) // self.hop
+
+    def push(self, samples: np.ndarray, analyse: int | None = None) -> Iterator[tuple[float, np.ndarray]]:
+        """Append samples; yield ``(end time s, window)`` at the hop boundaries crossed.
+
+        Only the last ``analyse`` boundaries (all when None) yield a window; the earlier ones are
+        counted in ``dropped``, so the most recent audio is what gets analysed. Windows are copied
+        one at a time as the caller iterates: memory is one window, however long ``samples`` is.
+        """
+        crossing = self.boundaries(samples.size)
+        skip = 0 if analyse is None else max(0, crossing - analyse)
         pos = 0
+        if skip:  # the audio up to the last dropped boundary goes into the ring in one step
+            pos = skip * self.hop - self.since_hop
+            self._append(samples[:pos])
+            self.total += pos
+            self.since_hop = 0
+            self.dropped += skip
         while pos < samples.size:
             take = min(samples.size - pos, self.hop - self.since_hop)
             self._append(samples[pos : pos + take])
@@ -508,11 +699,12 @@ class _StreamSession:
             self.total += take
             if self.since_hop == self.hop:
                 self.since_hop = 0
-                out.append((self.total / SAMPLE_RATE, self.ring[self.window - self.filled :].copy()))
-        return out
+                yield self.total / SAMPLE_RATE, self.ring[self.window - self.filled :].copy()
 
     def _append(self, chunk: np.ndarray) -> None:
         n = chunk.size
+        if n == 0:
+            return
         if n >= self.window:
             self.ring[:] = chunk[-self.window :]
         else:
@@ -538,21 +730,71 @@ def analyse_window(recognizer: RecognizerLike, t: float, window: np.ndarray) -> 
     return message
 
 
+def json_too_deep(text: str, limit: int = _MAX_JSON_DEPTH) -> bool:
+    """Whether JSON ``text`` nests arrays/objects deeper than ``limit`` (checked before parsing)."""
+    depth, in_string, escaped = 0, False, False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            if depth > limit:
+                return True
+        elif ch in "]}":
+            depth -= 1
+    return False
+
+
+class _StreamClosed(Exception):
+    """Close the stream with ``code`` after telling the client why (``error`` / ``detail``)."""
+
+    def __init__(self, code: int, error: str, detail: str) -> None:
+        super().__init__(detail)
+        self.code, self.error, self.detail = code, error, detail
+
+
 async def _stream(websocket: WebSocket, service: _Service) -> None:
     settings = service.settings
     recognizer = service.get()
-    session = _StreamSession(StreamConfig())
-    started = False
+    session = _StreamSession(StreamConfig(), settings.stream_burst_s)
+    started, first_audio = False, 0.0
 
     async def send(message: dict[str, Any]) -> None:
         await websocket.send_text(json.dumps(message))
 
     while True:
-        message = await websocket.receive()
+        try:
+            with anyio.fail_after(settings.stream_idle_timeout_s):
+                message = await websocket.receive()
+        except TimeoutError:
+            raise _StreamClosed(
+                1008, "idle_timeout", f"no data for {settings.stream_idle_timeout_s:g} s; stream closed"
+            ) from None
         if message["type"] == "websocket.disconnect":
             return
         text, data = message.get("text"), message.get("bytes")
         if text is not None:
+            if len(text) > settings.stream_max_text_bytes:
+                raise _StreamClosed(
+                    1009,
+                    "message_too_large",
+                    f"text message of {len(text)} characters is over the limit of "
+                    f"{settings.stream_max_text_bytes}; the config is one small JSON object",
+                )
+            if json_too_deep(text):
+                raise _StreamClosed(
+                    1007,
+                    "bad_message",
+                    f"text message nests JSON deeper than {_MAX_JSON_DEPTH} levels; "
+                    "the config is one flat JSON object",
+                )
             try:
                 raw = json.loads(text)
             except ValueError:
@@ -564,62 +806,81 @@ async def _stream(websocket: WebSocket, service: _Service) -> None:
                 )
                 continue
             try:
-                session = _StreamSession(StreamConfig.parse(raw, settings))
+                session = _StreamSession(StreamConfig.parse(raw, settings), settings.stream_burst_s)
             except ValueError as exc:
-                await send({"error": "bad_config", "detail": str(exc)})
-                await websocket.close(code=1007, reason="invalid stream config")
-                return
+                raise _StreamClosed(1007, "bad_config", str(exc)) from None
             await send({"config": session.cfg.public(), "labels": list(recognizer.labels)})
             continue
         if data is None:
             continue
         if len(data) > settings.stream_max_frame_bytes:
-            await send(
-                {
-                    "error": "frame_too_large",
-                    "detail": f"binary frame of {len(data)} bytes is over the limit of "
-                    f"{settings.stream_max_frame_bytes} bytes; send smaller chunks",
-                }
+            raise _StreamClosed(
+                1009,
+                "frame_too_large",
+                f"binary frame of {len(data)} bytes is over the limit of "
+                f"{settings.stream_max_frame_bytes} bytes; send smaller chunks",
             )
-            await websocket.close(code=1009, reason="frame too large")
-            return
         try:
             samples = session.decode(data)
         except ValueError as exc:
             await send({"error": "bad_frame", "detail": str(exc)})
             continue
-        started = True
-        for t, window in session.push(samples):
+        if not started:
+            started, first_audio = True, time.monotonic()
+        # at most one analysis per hop of wall-clock time (plus a burst): audio sent faster than
+        # real time has its older windows dropped, never queued
+        allowed = session.rate_limit.take(session.boundaries(samples.size))
+        for t, window in session.push(samples, analyse=allowed):
             try:
                 result = await service.run(analyse_window, recognizer, t, window)
             except EmovoxError as exc:
                 result = {"t": round(t, 3), "error": "inference_failed", "detail": str(exc)}
+            if session.dropped:
+                result["dropped"] = session.dropped  # windows skipped since the previous message
+                session.dropped = 0
             await send(result)
+        # and the audio itself is read at most stream_max_ahead_s ahead of real time: a client
+        # flooding PCM waits (TCP backpressure) instead of keeping the decoder and resampler busy
+        ahead = session.total / SAMPLE_RATE - (time.monotonic() - first_audio)
+        if ahead > settings.stream_max_ahead_s:
+            await anyio.sleep(ahead - settings.stream_max_ahead_s)
 
 
 # --------------------------------------------------------------------------- offline API docs
 
 
+_CODE_SPAN = re.compile(r"`([^`]+)`")
+
+
+def _prose(text: str) -> str:
+    """Escaped text with Markdown code spans (`x`) rendered as <code>x</code>."""
+    return _CODE_SPAN.sub(r"<code>\1</code>", html.escape(text or ""))
+
+
 def render_docs(schema: Mapping[str, Any]) -> str:
-    """A self-contained HTML reference of the OpenAPI schema (Swagger UI would need a CDN)."""
+    """A self-contained HTML reference of the OpenAPI schema (Swagger UI would need a CDN).
+
+    Descriptions are written in Markdown's inline-code style; backticks become <code>, the rest
+    is escaped text.
+    """
     rows = []
     for path, ops in schema.get("paths", {}).items():
         for method, op in ops.items():
             params = "".join(
                 f"<li><code>{html.escape(p['name'])}</code> ({html.escape(p.get('in', ''))}) "
-                f"{html.escape(p.get('description', '') or p.get('schema', {}).get('type', ''))}</li>"
+                f"{_prose(p.get('description', '') or p.get('schema', {}).get('type', ''))}</li>"
                 for p in op.get("parameters", [])
             )
             body = op.get("requestBody", {}).get("content", {})
             body_html = "".join(f"<li>body: <code>{html.escape(ct)}</code></li>" for ct in body)
             responses = ", ".join(
-                f"<code>{html.escape(code)}</code> {html.escape(r.get('description', ''))}"
+                f"<code>{html.escape(code)}</code> {_prose(r.get('description', ''))}"
                 for code, r in op.get("responses", {}).items()
             )
             rows.append(
                 f"<section><h2><span class='m {html.escape(method)}'>{html.escape(method.upper())}</span> "
-                f"<code>{html.escape(path)}</code></h2><p>{html.escape(op.get('summary', ''))}</p>"
-                f"<p>{html.escape(op.get('description', '') or '')}</p>"
+                f"<code>{html.escape(path)}</code></h2><p>{_prose(op.get('summary', ''))}</p>"
+                f"<p>{_prose(op.get('description', ''))}</p>"
                 f"<ul>{params}{body_html}</ul><p class='r'>Responses: {responses}</p></section>"
             )
     ws = (
@@ -627,9 +888,14 @@ def render_docs(schema: Mapping[str, Any]) -> str:
         '<p>Send an optional JSON config <code>{"sample_rate":16000,"format":"s16le"|"f32le",'
         '"window":2.0,"hop":0.5}</code>, then binary frames of mono PCM. Every <code>hop</code> seconds '
         'the server answers <code>{"t", "speech", "emotion", "confidence", "probabilities"}</code> '
-        "for the last <code>window</code> seconds (no emotion when <code>speech</code> is false). Bad frames "
-        'get <code>{"error", "detail"}</code>; an invalid config closes with 1007, an oversized frame '
-        "with 1009.</p></section>"
+        "for the last <code>window</code> seconds (no emotion when <code>speech</code> is false). Audio is "
+        "analysed at most in real time: windows of audio sent faster than that are skipped, and the next "
+        'result says how many in <code>"dropped"</code>; audio more than a minute ahead of real time is '
+        "read only as real time catches up. Bad frames get "
+        '<code>{"error", "detail"}</code>; '
+        "an invalid or too deeply nested config closes with 1007, an oversized frame or message with "
+        "1009, a cross-origin page with 1008, a stream idle too long with 1008, a full server with 1013 "
+        "(the close reason says why).</p></section>"
     )
     title = html.escape(schema.get("info", {}).get("title", "API"))
     return (
@@ -685,6 +951,61 @@ _ERRORS = {
 }
 
 
+class SecurityHeaders:
+    """Adds :data:`SECURITY_HEADERS` (the Content-Security-Policy among them) to every HTTP response."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for name, value in SECURITY_HEADERS.items():
+                    if name not in headers:
+                        headers[name] = value
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+class OriginGuard:
+    """Refuses what another web site could make a visitor's browser do to this server.
+
+    A cross-origin POST (or any method but GET/HEAD/OPTIONS) gets 403 before its body is read; a
+    cross-origin WebSocket handshake is closed with 1008 before it is accepted. Same-origin
+    requests, requests without ``Origin`` (not from a browser) and origins in ``allowed`` pass.
+    """
+
+    def __init__(self, app: ASGIApp, allowed: Sequence[str] = ()) -> None:
+        self.app, self.allowed = app, tuple(allowed)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "websocket" or (kind == "http" and scope["method"] not in _SAFE_METHODS):
+            headers = Headers(scope=scope)
+            if not origin_allowed(headers, self.allowed):
+                origin = headers.get("origin", "another site")
+                what = "WebSocket" if kind == "websocket" else scope["method"]
+                detail = (
+                    f"{what} {scope['path']} from origin {origin} refused: cross-origin requests "
+                    "are not allowed (start the server with --cors-origin ORIGIN to allow one)"
+                )
+                log.info("refused cross-origin %s %s from %s", what, scope["path"], origin)
+                if kind == "websocket":
+                    await receive()  # websocket.connect
+                    await send({"type": "websocket.close", "code": 1008, "reason": _close_reason(detail)})
+                    return
+                response = _error_response(403, "cross_origin", detail, close=True)
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def create_app(
     recognizer: RecognizerLike | None = None,
     *,
@@ -721,11 +1042,21 @@ def create_app(
             allow_methods=["GET", "POST"],
             allow_headers=["*"],
         )
+    app.add_middleware(OriginGuard, allowed=settings.cors_origins)  # type: ignore[arg-type]
+    app.add_middleware(SecurityHeaders)  # type: ignore[arg-type]
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
         # a refused upload may still be streaming in: close the connection instead of reading it
         return _error_response(exc.status, exc.code, exc.detail, close=exc.status in (400, 413, 415))
+
+    @app.exception_handler(ClientGone)
+    @app.exception_handler(ClientDisconnect)
+    async def _client_gone(request: Request, exc: Exception) -> Response:
+        # nobody is left to read an answer: one short line, no traceback
+        client = f"{request.client.host}:{request.client.port}" if request.client else "client"
+        log.info("%s disconnected during %s %s", client, request.method, request.url.path)
+        return Response(status_code=400, headers={"Connection": "close"})
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -788,6 +1119,7 @@ def create_app(
             shown_limit_mb=settings.max_upload_mb,
             max_files=1,
             strict=True,
+            idle_timeout=settings.body_timeout_s,
         )
 
         def work() -> dict[str, Any]:
@@ -820,6 +1152,7 @@ def create_app(
             shown_limit_mb=settings.max_batch_mb,
             max_files=settings.max_batch_files,
             strict=False,
+            idle_timeout=settings.body_timeout_s,
         )
 
         def work() -> list[dict[str, Any]]:
@@ -850,13 +1183,28 @@ def create_app(
     @app.websocket(f"{API}/stream")
     async def stream(websocket: WebSocket) -> None:
         await websocket.accept()
+        if service.streams >= settings.stream_max_connections:
+            detail = (
+                f"the server already has {settings.stream_max_connections} live streams open; try again later"
+            )
+            await websocket.send_text(json.dumps({"error": "too_many_streams", "detail": detail}))
+            await websocket.close(code=1013, reason=_close_reason(detail))
+            return
+        service.streams += 1
         try:
             await _stream(websocket, service)
         except WebSocketDisconnect:
             return  # the client went away mid-stream: nothing to clean up
+        except _StreamClosed as exc:
+            await websocket.send_text(json.dumps({"error": exc.error, "detail": exc.detail}))
+            await websocket.close(code=exc.code, reason=_close_reason(exc.detail))
+            return
         except ApiError as exc:
             await websocket.send_text(json.dumps(exc.body()))
-            await websocket.close(code=1011)
+            await websocket.close(code=1011, reason=_close_reason(exc.detail))
+            return
+        finally:
+            service.streams -= 1
         if (
             websocket.application_state == WebSocketState.CONNECTED
             and websocket.client_state == WebSocketState.CONNECTED
@@ -864,6 +1212,72 @@ def create_app(
             await websocket.close(code=1000)
 
     return app
+
+
+def header_timeout_protocol(timeout: float) -> type[asyncio.Protocol]:
+    """uvicorn's HTTP protocol, closing connections whose request headers take over ``timeout`` s.
+
+    uvicorn times out idle keep-alive connections but not a connection that opens and then sends
+    nothing, or sends its headers a byte at a time, so 1,000 such clients could hold 1,000
+    sockets indefinitely. The timer starts when the connection opens and again after each
+    response; a request whose headers arrived in time (or a WebSocket it became) is left alone.
+    """
+    from uvicorn.protocols.http.auto import AutoHTTPProtocol
+
+    class HeaderTimeoutProtocol(AutoHTTPProtocol):  # type: ignore[misc, valid-type]
+        _emovox_timer: asyncio.TimerHandle | None = None
+        _emovox_cycle: Any = None
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            super().connection_made(transport)
+            self._emovox_arm()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._emovox_arm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self._emovox_timer is not None:
+                self._emovox_timer.cancel()
+            super().connection_lost(exc)
+
+        def _emovox_arm(self) -> None:
+            if self._emovox_timer is not None:
+                self._emovox_timer.cancel()
+            self._emovox_cycle = self.cycle
+            self._emovox_timer = asyncio.get_running_loop().call_later(timeout, self._emovox_expire)
+
+        def _emovox_expire(self) -> None:
+            self._emovox_timer = None
+            transport = self.transport
+            if transport is None or transport.is_closing() or transport.get_protocol() is not self:
+                return  # closed already, or upgraded to a WebSocket
+            cycle = self.cycle
+            if cycle is not self._emovox_cycle or (cycle is not None and not cycle.response_complete):
+                return  # a request's headers arrived in time; body and handler have their own limits
+            log.debug("closing a connection whose request headers did not arrive within %g s", timeout)
+            transport.close()
+
+    return HeaderTimeoutProtocol
+
+
+def uvicorn_config(app: Any, settings: ServeSettings, **options: Any) -> Any:
+    """The uvicorn.Config that enforces ``settings`` at the connection level (``options`` go to it)."""
+    import uvicorn
+
+    # uvicorn's websockets implementation stops reading a connection until the app has taken its
+    # last message, so per-connection buffering is one message of at most ws_max_size; the app
+    # answers frames between its own limit and this one with a close reason of its own
+    ws_max = max(settings.stream_max_frame_bytes, settings.stream_max_text_bytes) + 64 * 1024
+    return uvicorn.Config(
+        app,
+        http=header_timeout_protocol(settings.header_timeout_s),
+        ws_max_size=ws_max,
+        ws_per_message_deflate=False,  # PCM does not compress, and inflating is a bomb vector
+        limit_concurrency=settings.max_connections,
+        timeout_keep_alive=5,
+        **options,
+    )
 
 
 def run_server(
@@ -881,8 +1295,7 @@ def run_server(
     settings = settings or ServeSettings()
     _limit_torch_threads(settings.workers)
     app = create_app(recognizer, model=model, settings=settings)
-    ws_max = settings.stream_max_frame_bytes + 1024  # the app answers oversized frames itself (1009 + reason)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, ws_max_size=max(ws_max, 16 * 2**20))
+    uvicorn.Server(uvicorn_config(app, settings, host=host, port=port, log_level=log_level)).run()
 
 
 def _limit_torch_threads(workers: int) -> None:

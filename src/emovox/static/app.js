@@ -77,25 +77,50 @@ async function loadModel() {
 
 // ------------------------------------------------------------------ results
 
+// Charts are drawn in CSS pixels (the viewBox is the element's own size), so their text keeps its
+// font size on any screen; they are redrawn when the page is resized.
+function chartWidth(svg) {
+  return Math.max(240, Math.round(svg.getBoundingClientRect().width || svg.parentElement.clientWidth || 1000));
+}
+
 function drawBars(probabilities) {
   const svg = $("bars");
   svg.replaceChildren();
   const names = labels.length ? labels.filter((l) => l in probabilities) : Object.keys(probabilities);
-  const row = 30, labelW = 110, valueW = 64, width = 1000;
+  const width = chartWidth(svg);
+  const narrow = width < 520;
+  const row = narrow ? 28 : 30, labelW = narrow ? 84 : 110, valueW = narrow ? 52 : 64;
+  const track = Math.max(40, width - labelW - valueW);
   svg.setAttribute("viewBox", `0 0 ${width} ${names.length * row}`);
   svg.setAttribute("height", names.length * row);
   const best = names.reduce((a, b) => (probabilities[a] >= probabilities[b] ? a : b), names[0]);
   names.forEach((name, i) => {
     const p = probabilities[name];
     const y = i * row;
-    const barW = Math.max(2, (width - labelW - valueW) * p);
-    svg.append(svgEl("text", { x: 0, y: y + 19, "font-weight": name === best ? 700 : 400, style: "text-transform:capitalize" }, name));
-    svg.append(svgEl("rect", { x: labelW, y: y + 6, width: width - labelW - valueW, height: 18, rx: 5, fill: "#f0f2f7" }));
+    const barW = Math.max(2, track * p);
+    const label = svgEl("text", { x: 0, y: y + 19, class: name === best ? "label best" : "label" }, name);
+    label.append(svgEl("title", {}, name));
+    svg.append(label);
+    svg.append(svgEl("rect", { x: labelW, y: y + 6, width: track, height: 18, rx: 5, fill: "#f0f2f7" }));
     const bar = svgEl("rect", { x: labelW, y: y + 6, width: barW, height: 18, rx: 5, fill: color(name), class: "bar", "data-label": name, "data-p": p.toFixed(4) });
     bar.append(svgEl("title", {}, `${name}: ${pct(p)}`));
     svg.append(bar);
-    svg.append(svgEl("text", { x: width - valueW + 10, y: y + 19, class: "value" }, pct(p)));
+    svg.append(svgEl("text", { x: width - valueW + 8, y: y + 19, class: "value" }, pct(p)));
   });
+}
+
+function swatch(label) {
+  const sw = document.createElement("span");
+  sw.className = "swatch";
+  sw.style.background = label ? color(label) : "#dfe2ea"; // CSSOM, not an inline style attribute
+  return sw;
+}
+
+function cell(text, className) {
+  const td = document.createElement("td");
+  if (className) td.className = className;
+  td.textContent = text;
+  return td;
 }
 
 function drawTimeline(segments, duration) {
@@ -104,10 +129,9 @@ function drawTimeline(segments, duration) {
   block.hidden = false;
   const svg = $("timeline");
   svg.replaceChildren();
-  const width = 1000, top = 4, h = 34;
+  const width = chartWidth(svg), top = 4, h = 34;
   const total = Math.max(duration, ...segments.map((s) => s.end));
   svg.setAttribute("viewBox", `0 0 ${width} 62`);
-  svg.setAttribute("preserveAspectRatio", "none");
   svg.append(svgEl("rect", { x: 0, y: top, width, height: h, rx: 6, fill: "#eef0f5" }));
   const body = $("segments");
   body.replaceChildren();
@@ -118,20 +142,33 @@ function drawTimeline(segments, duration) {
     const rect = svgEl("rect", { x, y: top, width: w, height: h, fill: speech ? color(seg.emotion) : "#d5d9e2", class: "segment" });
     rect.append(svgEl("title", {}, `${secs(seg.start)} – ${secs(seg.end)}: ${speech ? `${seg.emotion} (${pct(seg.confidence)})` : "silence"}`));
     svg.append(rect);
-    if (speech && w > 60) svg.append(svgEl("text", { x: x + 6, y: top + 22, class: "seg" }, seg.emotion));
+    if (speech && w > 8 * seg.emotion.length + 12) svg.append(svgEl("text", { x: x + 6, y: top + 22, class: "seg" }, seg.emotion));
     const tr = document.createElement("tr");
-    const sw = speech ? `<span class="swatch" style="background:${color(seg.emotion)}"></span>` : "";
-    tr.innerHTML = `<td>${secs(seg.start)}</td><td>${secs(seg.end)}</td><td class="cap">${sw}${speech ? seg.emotion : "silence"}</td><td>${speech ? pct(seg.confidence) : "–"}</td>`;
+    const name = cell(speech ? seg.emotion : "silence", "cap");
+    if (speech) name.prepend(swatch(seg.emotion));
+    tr.append(cell(secs(seg.start)), cell(secs(seg.end)), name, cell(speech ? pct(seg.confidence) : "–"));
     body.append(tr);
   }
-  const ticks = Math.min(10, Math.max(2, Math.floor(total)));
+  const ticks = Math.min(10, Math.max(2, Math.floor(total)), Math.max(2, Math.floor(width / 70)));
   for (let i = 0; i <= ticks; i++) {
     const t = (total * i) / ticks;
-    svg.append(svgEl("text", { x: Math.min(width - 28, (t / total) * width), y: 56 }, secs(t)));
+    const anchor = i === 0 ? "start" : i === ticks ? "end" : "middle";
+    svg.append(svgEl("text", { x: (t / total) * width, y: 56, "text-anchor": anchor }, secs(t)));
   }
 }
 
+let lastResult = null;
+
+function hideResult() {
+  lastResult = null;
+  $("result").hidden = true;
+  $("bars").replaceChildren();
+  $("segments").replaceChildren();
+  $("timeline-block").hidden = true;
+}
+
 function showResult(result, source) {
+  lastResult = { result, source };
   $("result").hidden = false;
   $("result-source").textContent = source;
   $("result-emotion").textContent = result.emotion;
@@ -146,6 +183,7 @@ function showResult(result, source) {
 async function analyse(blob, filename, source) {
   clearError();
   if (blob.size > limits.max_upload_mb * 1024 * 1024) {
+    hideResult();
     showError("File too large", `${filename} is ${(blob.size / 2 ** 20).toFixed(1)} MB; the limit is ${limits.max_upload_mb} MB.`);
     return;
   }
@@ -155,11 +193,13 @@ async function analyse(blob, filename, source) {
   try {
     const res = await fetch(`${API}/predict?timeline=true`, { method: "POST", body: form });
     if (!res.ok) {
+      hideResult(); // the previous file's result must not sit under this file's error
       showError(`Could not analyse ${filename} (HTTP ${res.status})`, await errorFrom(res));
       return;
     }
     showResult(await res.json(), source);
   } catch (err) {
+    hideResult();
     showError(`Could not analyse ${filename}`, `the server did not answer (${err.message})`);
   } finally {
     $("dropzone").classList.remove("busy");
@@ -179,6 +219,16 @@ function setupUpload() {
   zone.addEventListener("drop", (e) => {
     const file = e.dataTransfer.files[0];
     if (file) analyse(file, file.name, `File · ${file.name}`);
+  });
+  $("example-btn").addEventListener("click", async () => {
+    clearError();
+    try {
+      const res = await fetch("/static/example.flac");
+      if (!res.ok) throw new Error(`HTTP ${res.status}`);
+      await analyse(await res.blob(), "example.flac", "Example · RAVDESS actor 03, acted “happy”");
+    } catch (err) {
+      showError("Could not load the example clip", err.message);
+    }
   });
 }
 
@@ -317,27 +367,34 @@ const live = { points: [], updates: 0 };
 function drawLegend() {
   const legend = $("legend");
   legend.replaceChildren();
-  for (const l of labels) {
+  for (const l of [...labels, null]) {
     const item = document.createElement("span");
-    item.innerHTML = `<span class="swatch" style="background:${color(l)}"></span>${l}`;
+    item.append(swatch(l), document.createTextNode(l === null ? "silence" : l)); // labels are text, never HTML
     legend.append(item);
   }
-  const s = document.createElement("span");
-  s.innerHTML = `<span class="swatch" style="background:#dfe2ea"></span>silence`;
-  legend.append(s);
 }
 
 function drawLive() {
   const canvas = $("live-canvas");
   const g = canvas.getContext("2d");
-  const W = canvas.width, H = canvas.height, pad = 28, plotH = H - pad;
+  // size the backing store to the displayed size, so 11 px text is 11 px on a phone too
+  const dpr = window.devicePixelRatio || 1;
+  const W = Math.max(240, Math.round(canvas.getBoundingClientRect().width || 1100));
+  const H = Math.max(140, Math.round(canvas.getBoundingClientRect().height || 260));
+  if (canvas.width !== Math.round(W * dpr) || canvas.height !== Math.round(H * dpr)) {
+    canvas.width = Math.round(W * dpr);
+    canvas.height = Math.round(H * dpr);
+  }
+  g.setTransform(dpr, 0, 0, dpr, 0, 0);
+  const pad = 28, plotH = H - pad;
   g.clearRect(0, 0, W, H);
   const now = live.points.length ? live.points[live.points.length - 1].t : 0;
   const t0 = Math.max(0, now - LIVE_SECONDS);
   const x = (t) => ((t - t0) / LIVE_SECONDS) * W;
   g.strokeStyle = "#eceef4"; g.fillStyle = "#98a1b3"; g.font = "11px system-ui, sans-serif";
+  const every = W < 520 ? 10 : 5;
   for (let s = Math.ceil(t0); s <= t0 + LIVE_SECONDS; s++) {
-    if (s % 5) continue;
+    if (s % every) continue;
     g.beginPath(); g.moveTo(x(s), 0); g.lineTo(x(s), plotH); g.stroke();
     g.fillText(`${s} s`, x(s) + 3, H - 9);
   }
@@ -425,6 +482,17 @@ function setupLive() {
 // ------------------------------------------------------------------ start
 
 $("error-close").addEventListener("click", clearError);
+let resizeTimer = null;
+window.addEventListener("resize", () => {
+  clearTimeout(resizeTimer);
+  resizeTimer = setTimeout(() => {
+    if (lastResult && !$("result").hidden) {
+      drawBars(lastResult.result.probabilities);
+      drawTimeline(lastResult.result.segments, lastResult.result.duration);
+    }
+    if (!$("live-panel").hidden) drawLive();
+  }, 100);
+});
 setupUpload();
 setupRecord();
 setupLive();
