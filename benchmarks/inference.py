@@ -198,7 +198,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             bundle = random_bundle("crnn", work)
     onnx_bundle = ensure_onnx(bundle, work)
     recognizers = {
-        "torch": Recognizer.load(bundle, backend="torch", batch_size=args.batch_size),
+        "torch": Recognizer.load(bundle, backend="torch", threads=args.threads, batch_size=args.batch_size),
         "onnx": Recognizer.load(
             onnx_bundle, backend="onnx", threads=args.threads, batch_size=args.batch_size
         ),

@@ -213,10 +213,19 @@ def test_checksum_mismatch(saved: tuple[Path, EmotionNet]) -> None:
         load_bundle(path)
 
 
+def _write_config(path: Path, config: dict[str, Any]) -> None:
+    """Write an edited config.json with its own checksum updated, as a tool that writes bundles
+    would: what is tested is the validation of its content, not the checksum."""
+    digest = getattr(bundle_mod, "config_digest", None)  # (absent before config.json was covered)
+    if isinstance(config.get("sha256"), dict) and digest is not None:
+        config["sha256"][CONFIG_FILE] = digest(config)
+    (path / CONFIG_FILE).write_text(json.dumps(config))
+
+
 def _edit_config(path: Path, **changes: Any) -> None:
     config = json.loads((path / CONFIG_FILE).read_text())
     config.update(changes)
-    (path / CONFIG_FILE).write_text(json.dumps(config))
+    _write_config(path, config)
 
 
 def test_unreadable_weights_with_matching_checksum(saved: tuple[Path, EmotionNet]) -> None:
@@ -248,11 +257,11 @@ def test_config_that_does_not_describe_a_model(saved: tuple[Path, EmotionNet]) -
     path, _ = saved
     config = json.loads((path / CONFIG_FILE).read_text())
     config["model"]["family"] = "transformer"
-    (path / CONFIG_FILE).write_text(json.dumps(config))
+    _write_config(path, config)
     with pytest.raises(BundleError, match=r"cannot build the model it describes.*transformer"):
         load_bundle(path)
     config["model"]["labels"] = []
-    (path / CONFIG_FILE).write_text(json.dumps(config))
+    _write_config(path, config)
     with pytest.raises(BundleError, match="lists no labels"):
         load_bundle(path)
 
@@ -261,7 +270,7 @@ def test_weights_that_do_not_fit_the_config(saved: tuple[Path, EmotionNet]) -> N
     path, _ = saved
     config = json.loads((path / CONFIG_FILE).read_text())
     config["model"]["params"]["channels"] = [4, 16]
-    (path / CONFIG_FILE).write_text(json.dumps(config))
+    _write_config(path, config)
     with pytest.raises(BundleError, match=r"weights do not match the model in config\.json: shape mismatch"):
         load_bundle(path)
 
@@ -383,3 +392,166 @@ def test_model_card_fields_are_checked(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="preprocessing: unknown key.*normalise"):
         save_bundle(make_net(), tmp_path / "b", metrics={}, card=CARD, preprocessing={"normalise": True})
     assert not (tmp_path / "b").exists()
+
+
+# --------------------------------------------------------------------------- tampered bundles
+
+
+def test_config_json_is_covered_by_its_own_checksum(saved: tuple[Path, EmotionNet]) -> None:
+    path, _ = saved
+    config = json.loads((path / CONFIG_FILE).read_text())
+    assert config["sha256"][CONFIG_FILE] == bundle_mod.config_digest(config)
+    # layout does not matter (re-indented, keys reordered), content does
+    (path / CONFIG_FILE).write_text(json.dumps(dict(reversed(list(config.items())))))
+    read_meta(path)
+    config["model"]["labels"][0] = "furious"
+    (path / CONFIG_FILE).write_text(json.dumps(config, indent=2))
+    with pytest.raises(BundleError, match=r"config\.json: checksum mismatch .*config\.json was modified"):
+        load_bundle(path)
+    # a deliberate edit is sealed again by update_config (what `emovox export` uses)
+    bundle_mod.update_config(path, {})
+    assert read_meta(path)["model"]["labels"][0] == "furious"
+    # bundles written before config.json recorded its checksum (the shipped default) still load
+    del config["sha256"][CONFIG_FILE]
+    (path / CONFIG_FILE).write_text(json.dumps(config))
+    load_bundle(path)
+
+
+def _tamper(path: Path, edit: Any) -> None:
+    config = json.loads((path / CONFIG_FILE).read_text())
+    edit(config)
+    _write_config(path, config)  # resealed: the content itself is what must be refused
+
+
+TAMPERED = {
+    "dict labels": (lambda c: c["model"].__setitem__("labels", {"a": 1, "b": 2}), r"model\.labels"),
+    "label not a string": (lambda c: c["model"]["labels"].__setitem__(1, {"x": 1}), r"labels\[1\]"),
+    "markup label": (
+        lambda c: c["model"]["labels"].__setitem__(0, "<img src=x onerror=alert(document.domain)>"),
+        r"labels\[0\]: must be 1 to 48 characters|labels\[0\]: may hold only printable",
+    ),
+    "control character": (lambda c: c["model"]["labels"].__setitem__(0, "sad\x1b[31m"), r"labels\[0\]"),
+    "duplicate labels": (lambda c: c["model"]["labels"].__setitem__(1, c["model"]["labels"][0]), "unique"),
+    "sample rate 16k": (lambda c: c.__setitem__("sample_rate", "16k"), "sample_rate"),
+    "sample rate 0": (lambda c: c.__setitem__("sample_rate", 0), "sample_rate"),
+    "sample rate differs": (lambda c: c.__setitem__("sample_rate", 8000), "sample_rate: 8000 differs"),
+    "n_mels 1e5": (lambda c: c["model"]["features"].__setitem__("n_mels", 100_000), r"features\.n_mels"),
+    "channels 2000": (lambda c: c["model"]["params"].__setitem__("channels", [2000, 2000]), r"channels\[0\]"),
+    "trim not a bool": (lambda c: c["preprocessing"].__setitem__("trim_silence", "no"), "trim_silence"),
+    "min_duration nan": (
+        lambda c: c["preprocessing"].__setitem__("min_duration", float("nan")),
+        "min_duration",
+    ),
+    "bad checksum entry": (lambda c: c["sha256"].__setitem__(WEIGHTS_FILE, 12), "not a sha256"),
+}
+
+
+@pytest.mark.parametrize("case", list(TAMPERED))
+def test_tampered_bundles_end_in_one_bundle_error(saved: tuple[Path, EmotionNet], case: str) -> None:
+    """Each used to end in a TypeError / ValueError traceback, or allocate what the numbers asked."""
+    path, _ = saved
+    edit, message = TAMPERED[case]
+    _tamper(path, edit)
+    with pytest.raises(BundleError, match=message) as info:
+        load_bundle(path)
+    assert str(info.value).startswith(str(path / CONFIG_FILE)) and "\n" not in str(info.value)
+    with pytest.raises(BundleError, match=message):
+        read_meta(path)  # what the onnx backend relies on: it builds no network
+
+
+def test_deeply_nested_json_is_a_bundle_error(saved: tuple[Path, EmotionNet]) -> None:
+    """json.loads raises RecursionError on deep nesting; the CLI showed a traceback."""
+    from typer.testing import CliRunner
+
+    from emovox.cli import app
+
+    path, _ = saved
+    (path / CONFIG_FILE).write_text('{"format_version": 1, "x": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    with pytest.raises(BundleError, match=r"config\.json: nested more than 32 levels"):
+        load_bundle(path)
+    (path / CONFIG_FILE).write_text('{"format_version": 1, "x": ' + "[" * 200 + "]" * 200 + "}")
+    with pytest.raises(BundleError, match="nested more than 32 levels"):
+        read_meta(path)
+    result = CliRunner().invoke(app, ["predict", "--model", str(path), str(EXAMPLES[0])])
+    assert result.exit_code == 2 and "nested more than 32 levels" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_huge_weights_file_is_refused_before_hashing(saved: tuple[Path, EmotionNet]) -> None:
+    """A 50 GB sparse model.safetensors was hashed for 117 s before anything looked at its size."""
+    import time
+
+    path, _ = saved
+    with open(path / WEIGHTS_FILE, "r+b") as f:
+        f.truncate(4 << 30)  # sparse: no disk space used
+    started = time.perf_counter()
+    with pytest.raises(BundleError, match=r"model\.safetensors: is 4295\.0 MB, more than the .* can need"):
+        load_bundle(path)
+    assert time.perf_counter() - started < 3
+    (path / "model.onnx").touch()
+    with open(path / "model.onnx", "r+b") as f:
+        f.truncate(4 << 30)
+    meta = {"sha256": {"model.onnx": "0" * 64}}
+    with pytest.raises(BundleError, match=r"model\.onnx: is 4295\.0 MB, more than"):
+        bundle_mod.verify_checksum(path, meta, "model.onnx")
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_leftovers_of_a_killed_save_are_cleaned_on_the_next_save(tmp_path: Path) -> None:
+    """kill -9 during a save left a .model.tmp-* folder behind for good."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    target = tmp_path / "model"
+    code = f"""
+import time, torch
+from emovox import bundle
+from emovox.features import FeatureConfig
+from emovox.models import EmotionNet
+real = bundle._write_text
+def stall(path, text):
+    real(path, text)
+    if path.name == "metrics.json":
+        print("writing", flush=True)
+        time.sleep(60)
+bundle._write_text = stall
+net = EmotionNet(FeatureConfig(sets=("logmel",), n_mels=32), "cnn2d", {{"channels": [4, 8]}}, ["a", "b"])
+bundle.save_bundle(net, {str(target)!r}, metrics={{}}, card={CARD!r})
+"""
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None and child.stdout.readline().strip() == "writing"
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    left = [p.name for p in tmp_path.iterdir()]
+    assert len(left) == 1 and left[0].startswith(".model.tmp-"), left
+    # an old-style leftover (no writer recorded) is removed once it is old, kept while recent
+    old_style, recent = tmp_path / ".model.tmp-abc123", tmp_path / ".model.tmp-def456"
+    old_style.mkdir()
+    recent.mkdir()
+    os.utime(old_style, (time.time() - 3600, time.time() - 3600))
+    live = tmp_path / bundle_mod.tmpfiles.temp_name("model")  # this process: still writing
+    live.mkdir()
+    save_bundle(make_net(), target, metrics={}, card=CARD)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["model", recent.name, live.name])
+    load_bundle(target)
+
+
+def test_a_swap_interrupted_between_its_renames_is_undone(saved: tuple[Path, EmotionNet]) -> None:
+    """Killed after moving the old bundle aside, before moving the new one in: the next save puts
+    the old one back first (and then replaces it as asked)."""
+    path, _ = saved
+    aside = path.with_name(f".model.old-{bundle_mod.tmpfiles._HOST}-{_dead_pid()}-0000abcd")
+    os.replace(path, aside)
+    bundle_mod._clean_leftovers(path)
+    assert (path / CONFIG_FILE).is_file() and not aside.exists()
+    load_bundle(path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -94,3 +95,29 @@ def test_cached_features_second_run_is_faster_and_identical(tmp_path: Path) -> N
     third = cached_features(waves[:2], other, cache, progress=False)
     assert cache.misses == 14 and third[0].shape[0] == 32
     assert cache.clear() == 14
+
+
+def test_temporaries_of_killed_writers_are_removed_when_the_cache_opens(tmp_path: Path) -> None:
+    """kill -9 during put() left ``.*.tmp`` files in the cache forever."""
+    import subprocess
+    import sys
+
+    from emovox import tmpfiles
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    shard = tmp_path / "ab"
+    shard.mkdir(parents=True)
+    dead = shard / f".abcdef12.tmp-{tmpfiles._HOST}-{child.pid}-x1y2z3.tmp"  # its writer is gone
+    old = shard / ".abcdef12-q1w2e3.tmp"  # written before writers were recorded, an hour ago
+    recent = shard / ".abcdef12-r4t5y6.tmp"  # may still be written (by another host): kept
+    live = shard / (tmpfiles.temp_name("abcdef12") + ".tmp")  # this process: still writing
+    entry = shard / ("ab" + "0" * 62 + ".npy")
+    for path in (dead, old, recent, live):
+        path.write_bytes(b"partial")
+    np.save(entry, np.zeros(3))
+    os.utime(old, (time.time() - 3600, time.time() - 3600))
+    cache = FeatureCache(tmp_path)
+    assert cache.removed_stale == 2
+    assert sorted(p.name for p in shard.iterdir()) == sorted([recent.name, live.name, entry.name])
+    np.testing.assert_array_equal(cache.get("ab" + "0" * 62), np.zeros(3))

@@ -210,3 +210,75 @@ def test_unreadable_files(tmp_path: Path) -> None:
 def test_svm_params_filled_with_defaults() -> None:
     cfg = load_config(None, ["model.family=svm", "model.params.features=stats"])
     assert cfg.svm_params == {"features": "stats", "kernel": "rbf", "C": [0.1, 1.0, 10.0, 100.0]}
+
+
+# --------------------------------------------------------------------------- sane ranges (emovox.limits)
+
+# Each of these allocated gigabytes (or raised MemoryError) before anything checked its size:
+# n_mels=10000000 took 19.7 GB, channels [20000, 20000] 8 GB. They must fail at once, naming the key.
+MEMORY_BOMBS = [
+    (["features.n_mels=10000000"], "features.n_mels: must be an integer in [1, 512]"),
+    (["features.n_fft=100000000"], "features.n_fft: must be an integer in [16, 4096]"),
+    (
+        ["features.win_length=4096", "features.n_fft=4096", "features.hop_length=100000"],
+        "features.hop_length",
+    ),
+    (["model.family=cnn1d", "model.params.channels=[20000,20000]"], "model.params.channels[0]"),
+    (["model.family=lstm", "model.params.hidden=4096", "model.params.layers=8"], "million weights"),
+    (["model.family=mlp", "model.params.hidden=[4096,4096,4096,4096]"], "million weights"),
+    (
+        ["features.sets=[f0]", "features.sample_rate=192000", "features.fmax=null", "features.f0_min=20"],
+        "million filterbank values",
+    ),
+    (["train.batch_size=100000000"], "train.batch_size: must be an integer in [1, 4096]"),
+    (["augment.time_masks=1000000"], "augment.time_masks"),
+    (["split.folds=100000000"], "split.folds"),
+]
+
+
+def test_oversized_numbers_are_refused_before_allocating() -> None:
+    """Run in a child process limited to 3 GB of address space, so a regression fails (MemoryError)
+    instead of taking the machine down; each case must be refused in well under a second."""
+    import subprocess
+    import sys
+
+    code = f"""
+import resource, sys, time
+resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
+from emovox.config import load_config
+from emovox.errors import ConfigError
+for overrides, expected in {MEMORY_BOMBS!r}:
+    started = time.perf_counter()
+    try:
+        load_config(None, overrides)
+    except ConfigError as exc:
+        assert expected in str(exc), (overrides, str(exc))
+        assert time.perf_counter() - started < 2, (overrides, time.perf_counter() - started)
+    else:
+        sys.exit(f"accepted: {{overrides}}")
+print("ok")
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stdout + result.stderr[-2000:]
+
+
+def test_every_range_is_inside_what_the_shipped_configs_use() -> None:
+    """The limits refuse nothing a shipped config uses (they are far above any real model)."""
+    for path in SHIPPED:
+        load_config(path)  # raises if a shipped value fell outside a range
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("train.lr=1000", "train.lr"),
+        ("train.seed=-1", "train.seed"),
+        ("train.epochs=10000000", "train.epochs"),
+        ("train.threads=100000", "train.threads"),
+        ("data.max_seconds=1000000", "data.max_seconds"),
+        ("model.params.kernel=1001", "model.params.kernel"),
+    ],
+)
+def test_out_of_range_settings_name_the_key(override: str, key: str) -> None:
+    with pytest.raises(ConfigError, match=rf"^<defaults>: {key}: must be an? \w+ in "):
+        load_config(None, ["model.family=cnn1d", override] if "kernel" in key else [override])

@@ -189,6 +189,17 @@ def test_verification_rejects_an_export_that_differs(mlp_bundle: Path, clips: li
         verify_onnx(_probability_model(net), mlp_bundle / ONNX_FILE, clips[:2])
 
 
+def test_verification_fails_on_nan(mlp_bundle: Path, clips: list[np.ndarray]) -> None:
+    """max(worst, nan) is worst: a model that outputs NaN must not pass as a difference of 0."""
+    net, _ = load_bundle(mlp_bundle)
+    with torch.no_grad():
+        net.mean[0] = float("nan")  # NaN features from a broken normaliser: PyTorch predicts NaN
+    with pytest.raises(
+        ExportError, match=r"PyTorch gives non-finite probabilities \(NaN or inf\) on check clip 1"
+    ):
+        verify_onnx(_probability_model(net), mlp_bundle / ONNX_FILE, clips[:2])
+
+
 def test_cli_export_errors_exit_2(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["export", str(tmp_path / "nope")])
     assert result.exit_code == 2 and "model bundle not found" in result.stderr

@@ -285,3 +285,20 @@ def test_egemaps_without_opensmile_says_how_to_install(monkeypatch: pytest.Monke
             egemaps(synth_speech(0.5))
     finally:
         features._smile.cache_clear()
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("n_mels", 10_000_000),
+        ("n_fft", 100_000_000),
+        ("win_length", 10**9),
+        ("n_mfcc", 10**6),
+    ],
+)
+def test_oversized_parameters_are_refused_before_building(field: str, value: float) -> None:
+    """The same ranges as configs (emovox.limits), checked by FeatureConfig itself, so a bundle's
+    config.json cannot ask for gigabytes of filterbanks either (n_mels=1e7 used to take 19.7 GB)."""
+    with pytest.raises(ConfigError, match=f"features.{field}: "):
+        FeatureConfig.from_dict({"sets": ["logmel", "mfcc"], field: value})
+    assert FeatureConfig(n_fft=4096, win_length=4096).front_end_values() <= 32_000_000

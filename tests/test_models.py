@@ -179,3 +179,25 @@ def test_masking_helpers() -> None:
     # reverse the valid part of each item, leave the padding where it is
     index = MaskedRNN._reverse_index(lengths, 4)
     assert index.tolist() == [[2, 1, 0, 3], [0, 1, 2, 3]]
+
+
+def test_oversized_networks_are_refused_without_allocating_them() -> None:
+    """Widths and depths are range-checked and the parameter count is taken on torch's meta device
+    (shapes only), so a tampered bundle cannot make emovox allocate gigabytes of weights."""
+    cases = [
+        (
+            "cnn1d",
+            {"channels": [20000, 20000]},
+            r"model.params.channels\[0\]: must be an integer in \[1, 1024\]",
+        ),
+        ("lstm", {"hidden": 1024, "layers": 4}, r"lstm with these parameters has \d+\.\d million weights"),
+        ("cnn1d", {"channels": [64] * 9}, r"model.params.channels: must have 1 to 8 elements"),
+        ("crnn", {"dropout": float("nan")}, r"model.params.dropout"),
+    ]
+    for family, params, message in cases:
+        with pytest.raises(ConfigError, match=message):
+            build_backbone(family, 40, 4, **params)
+    with pytest.raises(ConfigError, match=r"model.labels\[0\]: may hold only printable characters"):
+        EmotionNet(FeatureConfig(), "mlp", {}, ["<img src=x onerror=alert(1)>", "sad"])
+    with pytest.raises(ConfigError, match="labels must be unique"):
+        EmotionNet(FeatureConfig(), "mlp", {}, ["sad", "sad"])

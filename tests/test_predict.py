@@ -9,6 +9,7 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -341,3 +342,317 @@ def test_cli_broken_bundle_exit_2(bundle: Path, audio_dir: Path, tmp_path: Path)
     assert result.exit_code == 2 and "checksum mismatch" in result.stderr
     with pytest.raises(BundleError, match="checksum mismatch"):
         Recognizer.load(broken)
+
+
+# --------------------------------------------------------------------------- garbage in, no garbage out
+
+
+def test_float_audio_far_beyond_full_scale_is_clipped_not_nan(rec: Recognizer, tmp_path: Path) -> None:
+    """A float WAV of speech scaled by 1e20 overflowed the features: confidence NaN (JSON null)."""
+    wave = load_audio(EXAMPLES[2])
+    loud = tmp_path / "loud.wav"
+    sf.write(loud, wave * 1e20, SR, subtype="FLOAT")
+    clipped = _probs(rec.predict(np.clip(wave * 1e20, -1, 1), sr=SR))
+    for p in (rec.predict(loud), rec.predict(wave * 1e20, sr=SR), rec.predict(loud.read_bytes())):
+        assert np.isfinite(p.confidence) and np.isfinite(_probs(p)).all()
+        np.testing.assert_allclose(_probs(p), clipped, atol=1e-6)
+    segments = rec.timeline(loud)
+    assert segments and all(np.isfinite(s.confidence) for s in segments)
+
+
+def test_non_finite_model_output_is_an_error_naming_the_input(bundle: Path) -> None:
+    broken = Recognizer.load(bundle)
+    with torch.no_grad():
+        broken.net.mean[0] = float("nan")
+    with pytest.raises(
+        AudioError, match=rf"{EXAMPLES[0].name}: the model's output for this audio is not a number"
+    ):
+        broken.predict(EXAMPLES[0])
+    with pytest.raises(AudioError, match=r"<wave 1>: the model's output"):
+        broken.predict_proba([load_audio(EXAMPLES[0])[:4000], load_audio(EXAMPLES[1])])
+    results = list(broken.predict_files([EXAMPLES[0], EXAMPLES[1]]))
+    assert [r.prediction for r in results] == [None, None]
+    assert all("not a number" in str(r.error) for r in results)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"max_segment": float("nan")}, "max_segment"),
+        ({"max_segment": float("inf")}, "max_segment"),
+        ({"max_segment": 1e-6, "min_speech": 1e-7}, "max_segment"),
+        ({"min_speech": -1.0}, "min_speech"),
+        ({"min_speech": float("nan")}, "min_speech"),
+        ({"max_segment": "4"}, "max_segment"),
+    ],
+)
+def test_timeline_arguments_are_checked(rec: Recognizer, kwargs: dict, message: str) -> None:
+    """NaN / inf / 1e-6 ended in ValueError, OverflowError or ZeroDivisionError deep inside."""
+    with pytest.raises(ConfigError, match=rf"^{message}: (must be|expected) a number in"):
+        rec.timeline(load_audio(EXAMPLES[0]), sr=SR, **kwargs)
+
+
+def test_batch_size_threads_and_sample_rate_are_checked(bundle: Path, rec: Recognizer) -> None:
+    for kwargs, message in (
+        ({"batch_size": 0}, "batch_size: must be an integer in"),
+        ({"batch_size": 2.5}, "batch_size: expected an integer"),
+        ({"threads": 0}, "threads: must be an integer in"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            Recognizer.load(bundle, **kwargs)
+    with pytest.raises(ConfigError, match="batch_size"):
+        Recognizer(rec.meta, net=rec.net, batch_size=0)
+    for sr in (0, 1, 10**9, 16000.5, True):
+        with pytest.raises(AudioError, match=r"<array>: invalid sample rate"):
+            rec.predict(np.ones(1000, np.float32), sr=sr)  # sr=1 would have resampled 16000-fold
+
+
+@pytest.mark.parametrize("device", ["bogus", "cuda", "cuda:7", "mps", "cpu:0", ""])
+def test_devices_that_do_not_exist_are_a_clear_error(bundle: Path, device: str) -> None:
+    if device.startswith("cuda") and torch.cuda.is_available() and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has that many CUDA devices")
+    if device == "mps" and torch.backends.mps.is_available():
+        pytest.skip("this machine has an Apple GPU")
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    with pytest.raises(ConfigError, match=r"device"):
+        Recognizer.load(bundle, device=device)
+    result = invoke("--model", str(bundle), "--device", device, str(EXAMPLES[0]))
+    assert (
+        result.exit_code == 2
+        and result.stderr.startswith("error: device")
+        and "Traceback" not in result.output
+    )
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_small_models_run_on_one_thread_and_restore_torch_setting(bundle: Path) -> None:
+    from emovox.predict import default_threads
+
+    rec = Recognizer.load(bundle)
+    assert rec.threads == 1 and default_threads(10**9) == max(1, min(4, __import__("os").cpu_count() or 1))
+    seen = []
+    forward = rec.net.forward
+    rec.net.forward = lambda *a: (seen.append(torch.get_num_threads()), forward(*a))[1]  # type: ignore[method-assign]
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        rec.predict(EXAMPLES[0])
+        assert seen == [1] and torch.get_num_threads() == 2
+        assert Recognizer.load(bundle, threads=2).threads == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+# --------------------------------------------------------------------------- long audio
+
+
+def _long_recording(seconds: float, seed: int = 0) -> np.ndarray:
+    """Example utterances, trimmed, separated by 1.5-3 s of faint noise, up to ``seconds``."""
+    rng = np.random.default_rng(seed)
+    speech = [trim_silence(load_audio(p)) for p in EXAMPLES]
+    parts, total, i = [], 0, 0
+    while total < seconds * SR:
+        gap = (1e-4 * rng.standard_normal(int(rng.uniform(1.5, 3.0) * SR))).astype(np.float32)
+        parts += [gap, speech[i % len(speech)]]
+        total += gap.size + speech[i % len(speech)].size
+        i += 1
+    return np.concatenate(parts)[: int(seconds * SR)]
+
+
+@pytest.fixture
+def small_windows(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Long-audio constants scaled down 10x, so a 2-minute file exercises what an hour would."""
+    from emovox import predict as predict_mod
+
+    for name, value in (
+        ("LONG_AUDIO_S", 6.0),
+        ("WINDOW_S", 3.0),
+        ("BATCH_AUDIO_S", 12.0),
+        ("BLOCK_S", 1.0),
+        ("TIMELINE_CHUNK_S", 6.0),
+        ("TIMELINE_TAIL_S", 2.0),
+    ):
+        monkeypatch.setattr(predict_mod, name, value)
+
+
+def test_long_audio_is_the_duration_weighted_mean_of_its_windows(
+    rec: Recognizer, tmp_path: Path, small_windows: None
+) -> None:
+    wave = _long_recording(20.0)
+    path = tmp_path / "long.flac"
+    sf.write(path, wave, SR, subtype="PCM_24")
+    decoded = load_audio(path)
+    windows = [decoded[i : i + 3 * SR] for i in range(0, decoded.size, 3 * SR)]
+    clips = []
+    for w in windows:
+        try:
+            clips.append(rec.preprocess(w))
+        except AudioError:
+            continue
+    sizes = np.array([c.size for c in clips], dtype=np.float64)
+    expected = (sizes @ rec.predict_proba(clips)) / sizes.sum()
+    from_file, from_array = rec.predict(path), rec.predict(decoded, sr=SR)
+    np.testing.assert_allclose(_probs(from_file), expected, atol=1e-5)
+    np.testing.assert_allclose(_probs(from_array), expected, atol=1e-5)
+    assert from_file.duration == pytest.approx(20.0, abs=1e-3) and from_file.path == str(path)
+    click = np.zeros(20 * SR, np.float32)
+    click[5 * SR] = 0.5  # silence and one click, too short for the model's 0.25 s minimum
+    with pytest.raises(AudioError, match=r"no part of this 20 s recording is usable"):
+        rec.predict(click, sr=SR)
+
+
+def test_long_timeline_is_cut_in_pauses_like_the_whole(rec: Recognizer, small_windows: None) -> None:
+    from emovox import predict as predict_mod
+
+    wave = _long_recording(40.0, seed=3)
+    chunked = rec.timeline(wave, sr=SR)  # VAD on 6 + 2 s buffers, cut in pauses
+    predict_mod.TIMELINE_CHUNK_S = 1000.0  # the whole recording at once
+    whole = rec.timeline(wave, sr=SR)
+    assert len(chunked) == len(whole) >= 8
+    for a, b in zip(chunked, whole, strict=True):
+        assert abs(a.start - b.start) < 0.1 and abs(a.end - b.end) < 0.1, (a, b)
+        assert a.emotion == b.emotion or abs(a.confidence - b.confidence) < 0.05
+
+
+def test_memory_stays_flat_however_long_the_file(
+    rec: Recognizer, tmp_path: Path, small_windows: None
+) -> None:
+    """Whole-file decoding held ~2.2 GB per hour of audio; streamed windows hold a few seconds' worth.
+
+    tracemalloc sees NumPy's allocations (decoded audio, windows, batches); with the constants
+    scaled down 10x, a 4-minute file must peak no higher than a 2-minute one, and far below the
+    15 MB its samples alone take as float32 (what decoding it whole allocated, before features)."""
+    import tracemalloc
+
+    peaks = {}
+    list(rec.predict_files([EXAMPLES[0]], timeline=True))  # load the VAD first: not the file's cost
+    for minutes in (2, 4):
+        path = tmp_path / f"long{minutes}.flac"
+        sf.write(path, _long_recording(60.0 * minutes), SR, subtype="PCM_16")
+        tracemalloc.start()
+        results = list(rec.predict_files([path], timeline=True))
+        peaks[minutes] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert results[0].error is None and results[0].segments, results[0]
+        assert results[0].prediction.duration == pytest.approx(60.0 * minutes, abs=1e-3)
+    assert peaks[4] < 6e6 and peaks[4] < 1.3 * peaks[2] + 1e6, peaks
+
+
+def test_batches_are_bounded_by_audio_duration_not_file_count(rec: Recognizer, small_windows: None) -> None:
+    sizes = []
+    run = rec._run
+    rec._run = lambda batch, lengths: (sizes.append(batch.size), run(batch, lengths))[1]  # type: ignore[method-assign]
+    try:
+        waves = [load_audio(p) for p in EXAMPLES] * 3  # 24 clips of ~3.6 s, 86 s in all
+        rec.predict_proba(waves)
+    finally:
+        del rec._run
+    assert len(sizes) > 6 and max(sizes) <= 12 * SR  # not 2 batches of 16 clips: 7 of <= 12 s
+
+
+# --------------------------------------------------------------------------- CLI: errors and polish
+
+
+def test_cli_nothing_predicted_exits_2_with_the_summary(bundle: Path, tmp_path: Path) -> None:
+    """`emovox predict nonexist.wav` exited 1 with no summary while the help promised 2."""
+    result = invoke("--model", str(bundle), str(tmp_path / "nonexist.wav"))
+    assert result.exit_code == 2, result.output
+    assert f"skipped: {tmp_path / 'nonexist.wav'}: file not found" in result.stderr
+    assert "error: nothing to predict: 1 input(s) skipped, 0 predicted" in result.stderr
+    text = tmp_path / "notes.wav"
+    text.write_text("not audio")
+    result = invoke("--model", str(bundle), str(text))
+    assert (
+        result.exit_code == 2 and "error: nothing predicted: 1 input(s) skipped, 0 predicted" in result.stderr
+    )
+
+
+def test_cli_text_file_named_mp3_is_not_audio_and_decoder_notes_stay_quiet(
+    bundle: Path, tmp_path: Path
+) -> None:
+    """libsndfile said 'does not exist or is not a regular file (possibly a pipe?)' and mpg123
+    printed 'Note: Illegal Audio-MPEG-Header' on the terminal (fd 2: only a real process shows it)."""
+    fake = tmp_path / "fake.mp3"
+    fake.write_text("this is a text file, not an mp3\n" * 20)
+    cmd = [sys.executable, "-m", "emovox.cli", "predict", "--model", str(bundle), str(fake), str(EXAMPLES[0])]
+    result = subprocess.run(
+        cmd, capture_output=True, text=True, env={**__import__("os").environ, "COLUMNS": "200"}
+    )
+    assert result.returncode == 1, result.stderr
+    assert f"skipped: {fake}: not a readable audio file (not a format emovox can decode)" in result.stderr
+    for noise in ("possibly a pipe", "Illegal Audio-MPEG-Header", "Note:", "Traceback"):
+        assert noise not in result.stderr, result.stderr
+    assert "1 input(s) skipped, 1 predicted" in result.stderr and EXAMPLES[0].name in result.stdout
+
+
+def test_cli_unreadable_folders_are_reported(
+    bundle: Path, audio_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A PermissionError traceback for a file in an unreadable folder; an unreadable sub-folder was
+    skipped without a word. (Simulated: root reads everything.)"""
+    import os
+
+    real_scandir, real_stat = os.scandir, Path.stat
+    locked = tmp_path / "locked"
+
+    def scandir(path: Any = ".") -> Any:
+        if Path(path) == audio_dir / "sub":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    def stat(self: Path, **kwargs: Any) -> Any:
+        if locked in self.parents:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_stat(self, **kwargs)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    monkeypatch.setattr(Path, "stat", stat)
+    result = invoke("--model", str(bundle), str(audio_dir), str(locked / "x.wav"), "--json")
+    assert result.exit_code == 1, result.output
+    assert (
+        f"skipped: {audio_dir / 'sub'}: folder cannot be read (Permission denied); not searched"
+        in result.stderr
+    )
+    assert f"skipped: {locked / 'x.wav'}: cannot be read (Permission denied)" in result.stderr
+    assert [Path(json.loads(line)["path"]).name for line in result.stdout.splitlines()] == [
+        "a.flac",
+        "b.flac",
+    ]
+    assert "2 input(s) skipped, 2 predicted" in result.stderr and "Traceback" not in result.output
+
+
+def test_unreadable_file_is_an_audio_error(rec: Recognizer, monkeypatch: pytest.MonkeyPatch) -> None:
+    from emovox import predict as predict_mod
+
+    def denied(path: Any, **kwargs: Any) -> Any:
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(predict_mod, "load_audio", denied)
+    with pytest.raises(AudioError, match=r"x\.wav: cannot be read \(Permission denied\)"):
+        rec.decode("x.wav")
+
+
+def test_cli_top_k_is_clamped_to_the_labels_and_json_is_strict(bundle: Path, audio_dir: Path) -> None:
+    """`--top-k 20` titled a column "top 20" for 8 emotions; --json must never print NaN."""
+    table = invoke(str(audio_dir / "a.flac"), "--model", str(bundle), "--top-k", "20")
+    assert table.exit_code == 0 and "top 8" in table.stdout and "top 20" not in table.stdout
+    lines = invoke(str(audio_dir), "--model", str(bundle), "--json", "-k", "20").stdout.splitlines()
+
+    def refuse(name: str) -> None:
+        raise AssertionError(f"not JSON: {name}")
+
+    for line in lines:
+        assert len(json.loads(line, parse_constant=refuse)["probabilities"]) == 8
+
+
+def test_cli_file_names_are_not_broken_at_80_columns(bundle: Path) -> None:
+    """At 80 columns names wrapped mid-word (ravdess_angry_a / ctor05.flac)."""
+    result = CliRunner().invoke(
+        app, ["predict", str(REPO / "examples"), "--model", str(bundle)], env={"COLUMNS": "80"}
+    )
+    assert result.exit_code == 0, result.output
+    assert all(len(line) <= 80 for line in result.stdout.splitlines())
+    for path in EXAMPLES:
+        assert path.name in result.stdout, result.stdout  # whole, on one line
+    assert f"files in {REPO / 'examples'}" in result.stdout

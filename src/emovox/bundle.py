@@ -26,7 +26,6 @@ import json
 import os
 import shutil
 import tempfile
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
@@ -34,6 +33,8 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import emovox.limits as limits
+import emovox.tmpfiles as tmpfiles
 from emovox._version import __version__
 from emovox.errors import BundleError, ConfigError, EmovoxError
 from emovox.jsonutil import jsonable
@@ -138,8 +139,9 @@ def save_bundle(
     if target.exists() and not _replaceable(target):
         raise BundleError(f"{target}: exists and is not a model bundle; refusing to overwrite it")
     target.parent.mkdir(parents=True, exist_ok=True)
+    _clean_leftovers(target)
     model_config = model.config()
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=tmpfiles.temp_prefix(target.name), dir=target.parent))
     try:
         state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
         encoder = {k: state.pop(k) for k in [k for k in state if k.startswith(ENCODER_PREFIX)]}
@@ -163,6 +165,7 @@ def save_bundle(
             "training": jsonable(dict(training or {})),
             "sha256": sums,
         }
+        config["sha256"][CONFIG_FILE] = config_digest(config)
         metrics_json = jsonable(dict(metrics))
         _write_text(tmp / METRICS_FILE, json.dumps(metrics_json, indent=2) + "\n")
         _write_text(tmp / CARD_FILE, render_card(config, metrics_json, model_card))
@@ -178,6 +181,28 @@ def save_bundle(
     return target
 
 
+def _clean_leftovers(target: Path) -> None:
+    """Remove what killed saves to ``target`` left beside it (``.<name>.tmp-*`` folders, and
+    ``.<name>.old*`` copies of the previous bundle, which are put back when the bundle itself is gone)."""
+    folder = target.parent
+    if not target.exists():
+        olds = sorted(
+            (
+                p
+                for p in folder.glob(f".{target.name}.old*")
+                if tmpfiles.is_stale(p) and (p / CONFIG_FILE).is_file()
+            ),
+            key=lambda p: p.stat().st_mtime,
+        )
+        if olds:
+            try:
+                os.replace(olds[-1], target)  # the swap was interrupted between its two renames
+            except OSError:
+                pass
+    tmpfiles.remove_stale(folder, f".{target.name}.tmp-*")
+    tmpfiles.remove_stale(folder, f".{target.name}.old*")
+
+
 def _replaceable(target: Path) -> bool:
     """A bundle (has config.json) or an empty folder may be replaced; anything else may not."""
     return target.is_dir() and ((target / CONFIG_FILE).is_file() or not any(target.iterdir()))
@@ -187,7 +212,7 @@ def _swap_in(tmp: Path, target: Path) -> None:
     """Move the complete bundle ``tmp`` to ``target``, keeping the old one until the new one is in place."""
     old: Path | None = None
     if target.exists():
-        old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
+        old = target.with_name(tmpfiles.temp_name(target.name, "old"))
         os.replace(target, old)
     try:
         os.replace(tmp, target)
@@ -244,6 +269,17 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
+def config_digest(config: Mapping[str, Any]) -> str:
+    """The sha256 config.json records for itself: of its content without that one entry, as canonical
+    JSON (sorted keys), so whitespace and key order do not matter but every value does."""
+    content = dict(config)
+    sums = dict(content.get("sha256") or {})
+    sums.pop(CONFIG_FILE, None)
+    content["sha256"] = sums
+    text = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
 def sha256_file(path: Path) -> str:
     """Hex sha256 of a file, read in chunks."""
     digest = hashlib.sha256()
@@ -260,7 +296,11 @@ def _preprocessing(preprocessing: Mapping[str, Any] | None) -> dict[str, Any]:
         if unknown:
             raise ConfigError(f"bundle preprocessing: unknown key(s) {', '.join(unknown)}")
         prep.update(preprocessing)
-    return {"trim_silence": bool(prep["trim_silence"]), "min_duration": float(prep["min_duration"])}
+    trim = prep["trim_silence"]
+    if not isinstance(trim, bool) and type(trim).__name__ != "bool_":  # numpy bools too
+        raise ConfigError(f"preprocessing.trim_silence: expected true or false, got {trim!r}")
+    limits.check("preprocessing.min_duration", prep["min_duration"])
+    return {"trim_silence": bool(trim), "min_duration": float(prep["min_duration"])}
 
 
 # --------------------------------------------------------------------------- model card
@@ -434,6 +474,8 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     metrics = _read_json(bundle / METRICS_FILE)
     if not isinstance(config, dict):
         raise BundleError(f"{bundle / CONFIG_FILE}: expected a JSON object")
+    if not isinstance(metrics, dict):
+        raise BundleError(f"{bundle / METRICS_FILE}: expected a JSON object")
     version = config.get("format_version")
     if not isinstance(version, int) or isinstance(version, bool):
         raise BundleError(f"{bundle / CONFIG_FILE}: missing or invalid format_version ({version!r})")
@@ -448,12 +490,62 @@ def read_meta(path: str | Path) -> dict[str, Any]:
         if not isinstance(config.get(key), dict):
             raise BundleError(f"{bundle / CONFIG_FILE}: missing or invalid {key!r} section")
     model = config["model"]
-    if not isinstance(model.get("labels"), list) or not model["labels"]:
+    if not model.get("labels"):
         raise BundleError(f"{bundle / CONFIG_FILE}: the model section lists no labels")
+    _check_config_digest(bundle, config)
+    _check_values(bundle, config)
     config["preprocessing"] = _preprocessing_from(bundle, config["preprocessing"])
     config["metrics"] = metrics
     config["path"] = str(bundle)
     return config
+
+
+def _check_config_digest(bundle: Path, config: Mapping[str, Any]) -> None:
+    """config.json's own checksum (``sha256["config.json"]``), when it records one.
+
+    Bundles written before emovox recorded it (such as the shipped default model) have none and
+    are read as before; their values are still validated like every bundle's.
+    """
+    expected = config["sha256"].get(CONFIG_FILE)
+    if expected is None:
+        return
+    actual = config_digest(config)
+    if actual != expected:
+        raise BundleError(
+            f"{bundle / CONFIG_FILE}: checksum mismatch (sha256 {actual[:12]}..., the file records "
+            f"{str(expected)[:12]}...); config.json was modified or is corrupted, re-export or "
+            "re-download the bundle"
+        )
+
+
+def _check_values(bundle: Path, config: Mapping[str, Any]) -> None:
+    """Labels, sample rate and every number of the model section against :mod:`emovox.limits`, before
+    anything is built from them (the onnx backend builds nothing, so this is its only check)."""
+    where = bundle / CONFIG_FILE
+    model = config["model"]
+    try:
+        limits.check_labels(model["labels"], "model.labels")
+        features = model.get("features")
+        if not isinstance(features, dict):
+            raise ConfigError(f"model.features: expected a mapping of feature parameters, got {features!r}")
+        params = model.get("params")
+        if params is not None and not isinstance(params, dict):
+            raise ConfigError(f"model.params: expected a mapping of hyper-parameters, got {params!r}")
+        if not isinstance(model.get("family"), str):
+            raise ConfigError(f"model.family: expected a model family name, got {model.get('family')!r}")
+        limits.check_section("features", features)
+        limits.check_section("model.params", params or {})
+        rate = config.get("sample_rate", features.get("sample_rate"))
+        limits.check("bundle.sample_rate", rate, "sample_rate")
+        if "sample_rate" in features and features["sample_rate"] != rate:
+            raise ConfigError(
+                f"sample_rate: {rate} differs from the model's features.sample_rate {features['sample_rate']}"
+            )
+    except ConfigError as exc:
+        raise BundleError(f"{where}: {exc}") from None
+    for name, value in config["sha256"].items():
+        if not isinstance(value, str) or len(value) != 64:
+            raise BundleError(f"{where}: sha256 of {name!r} is not a sha256 hex digest ({str(value)[:20]!r})")
 
 
 def _preprocessing_from(bundle: Path, prep: Mapping[str, Any]) -> dict[str, Any]:
@@ -463,14 +555,27 @@ def _preprocessing_from(bundle: Path, prep: Mapping[str, Any]) -> dict[str, Any]
         raise BundleError(f"{bundle / CONFIG_FILE}: invalid preprocessing section ({exc})") from None
 
 
-def verify_checksum(bundle: Path, meta: Mapping[str, Any], name: str) -> Path:
-    """Check a file of the bundle against the sha256 recorded in config.json; return its path."""
+def verify_checksum(
+    bundle: Path, meta: Mapping[str, Any], name: str, *, max_bytes: int | None = None
+) -> Path:
+    """Check a file of the bundle against the sha256 recorded in config.json; return its path.
+
+    ``max_bytes`` (default: what :func:`max_file_bytes` allows for that file) is checked first, so a
+    huge (or sparse) file is refused at once instead of hashed for minutes.
+    """
     file = bundle / name
     if not file.is_file():
         raise BundleError(f"{bundle}: incomplete model bundle, missing {name}")
     expected = meta["sha256"].get(name)
     if not expected:
         raise BundleError(f"{bundle / CONFIG_FILE}: records no sha256 for {name}")
+    limit = max_file_bytes(bundle, name) if max_bytes is None else max_bytes
+    size = file.stat().st_size
+    if size > limit:
+        raise BundleError(
+            f"{file}: is {_mb(size)}, more than the {_mb(limit)} the model in config.json can need; "
+            "the file is corrupted or was replaced"
+        )
     actual = sha256_file(file)
     if actual != expected:
         raise BundleError(
@@ -478,6 +583,35 @@ def verify_checksum(bundle: Path, meta: Mapping[str, Any], name: str) -> Path:
             "the file is corrupted or was modified, re-export or re-download the bundle"
         )
     return file
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 100_000 else f"{n} bytes"
+
+
+def max_file_bytes(bundle: Path, name: str) -> int:
+    """Largest size a file of ``bundle`` may have before it is hashed.
+
+    model.safetensors: :func:`weights_bytes_limit` of the largest network allowed; model.onnx: twice
+    the weights (graph constants) plus the largest feature front end. :func:`load_bundle` checks the
+    weights against the actual network of config.json instead, which is much tighter.
+    """
+    if name == ONNX_FILE:
+        weights = 0
+        for part, widen in ((WEIGHTS_FILE, 1), (ENCODER_FILE, 2)):  # encoder weights may be stored fp16
+            try:
+                weights += widen * (bundle / part).stat().st_size
+            except OSError:
+                pass
+        weights = min(weights, weights_bytes_limit(limits.MAX_PARAMETERS, 1000))
+        return 2 * weights + 4 * limits.MAX_FRONT_END_VALUES + (64 << 20)
+    return weights_bytes_limit(limits.MAX_PARAMETERS, 1000)
+
+
+def weights_bytes_limit(values: int, tensors: int) -> int:
+    """Largest model.safetensors holding ``values`` numbers in ``tensors`` tensors: 8 bytes a value
+    (float64 at most) plus the JSON header (names, shapes, offsets; generously 1 KiB a tensor + 1 MiB)."""
+    return 8 * values + 1024 * tensors + (1 << 20)
 
 
 def load_bundle(path: str | Path = "default") -> tuple[EmotionNet, dict[str, Any]]:
@@ -491,20 +625,24 @@ def load_bundle(path: str | Path = "default") -> tuple[EmotionNet, dict[str, Any
 
     meta = read_meta(path)
     bundle = Path(meta["path"])
-    weights = verify_checksum(bundle, meta, WEIGHTS_FILE)
-    try:
+    try:  # parameters are range-checked before anything is allocated (emovox.limits)
         net = EmotionNet.from_config(meta["model"])
     except (EmovoxError, KeyError, TypeError, ValueError) as exc:
         raise BundleError(f"{bundle / CONFIG_FILE}: cannot build the model it describes ({exc})") from None
-    state = _load_weights(weights)
+    state_now = net.state_dict()
+    head = {k: v for k, v in state_now.items() if not k.startswith(ENCODER_PREFIX)}
+    needed = weights_bytes_limit(sum(t.numel() for t in head.values()), len(head))
+    state = _load_weights(verify_checksum(bundle, meta, WEIGHTS_FILE, max_bytes=needed))
     if ENCODER_FILE in meta["sha256"]:
-        encoder = _load_weights(verify_checksum(bundle, meta, ENCODER_FILE))
+        encoder_state = {k: v for k, v in state_now.items() if k.startswith(ENCODER_PREFIX)}
+        needed = weights_bytes_limit(sum(t.numel() for t in encoder_state.values()), len(encoder_state))
+        encoder = _load_weights(verify_checksum(bundle, meta, ENCODER_FILE, max_bytes=needed))
         state.update({k: v.float() if v.is_floating_point() else v for k, v in encoder.items()})
     if "temperature" not in state:  # bundles from before calibration: uncalibrated logits
         import torch
 
         state["temperature"] = torch.ones(())
-    _check_state(bundle, net.state_dict(), state)
+    _check_state(bundle, state_now, state)
     net.load_state_dict(state, strict=True)
     net.eval()
     return net, meta
@@ -547,13 +685,31 @@ def _some(items: list[str], limit: int = 5) -> str:
     return ", ".join(items[:limit]) + more
 
 
+#: Largest config.json / metrics.json read (a bundle's are a few KB; per-clip predictions of a large
+#: corpus in metrics.json a few MB).
+MAX_JSON_BYTES = 16 << 20
+_TOO_DEEP = object()
+
+
 def _read_json(path: Path) -> Any:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        size = path.stat().st_size
+        if size > MAX_JSON_BYTES:
+            raise BundleError(
+                f"{path}: is {_mb(size)}, over the {_mb(MAX_JSON_BYTES)} a bundle's JSON may have"
+            )
+        value = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise BundleError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    except RecursionError:
+        value = _TOO_DEEP
     except (OSError, UnicodeDecodeError) as exc:
         raise BundleError(f"{path}: cannot be read ({exc})") from None
+    if value is _TOO_DEEP or limits.json_depth_exceeds(value):
+        raise BundleError(
+            f"{path}: nested more than {limits.MAX_JSON_DEPTH} levels deep; not an emovox bundle file"
+        )
+    return value
 
 
 def update_config(bundle: Path, changes: Mapping[str, Any]) -> None:
@@ -564,7 +720,10 @@ def update_config(bundle: Path, changes: Mapping[str, Any]) -> None:
             config[key].update(value)
         else:
             config[key] = value
-    tmp = bundle / f".{CONFIG_FILE}.tmp-{uuid.uuid4().hex[:8]}"
+    if isinstance(config.get("sha256"), dict):
+        config["sha256"][CONFIG_FILE] = config_digest(config)
+    tmpfiles.remove_stale(bundle, f".{CONFIG_FILE}.tmp-*")
+    tmp = bundle / tmpfiles.temp_name(CONFIG_FILE)
     try:
         _write_text(tmp, json.dumps(config, indent=2) + "\n")
         os.replace(tmp, bundle / CONFIG_FILE)

@@ -8,6 +8,8 @@ Any parameter or code change therefore produces a different key; stale features 
 Arrays are stored as ``.npy`` (read with ``allow_pickle=False``), written to a temporary file and
 moved into place with :func:`os.replace`, so a crash or a concurrent writer never leaves a
 half-written entry under a valid name. An unreadable entry is treated as a miss and rewritten.
+Temporary files a killed writer left behind are deleted when the cache is next opened
+(:mod:`emovox.tmpfiles`: once their process is gone, or after a quarter of an hour).
 
 Default location: ``$EMOVOX_CACHE`` or ``~/.cache/emovox/features``.
 """
@@ -18,12 +20,14 @@ import hashlib
 import json
 import os
 import tempfile
+import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from emovox import tmpfiles
 from emovox.errors import ConfigError
 
 KeyPart = str | bytes | int | float | bool | None | np.ndarray | Mapping[str, Any] | Sequence[Any]
@@ -67,6 +71,7 @@ class FeatureCache:
         self.hits = 0
         self.misses = 0
         self.seconds = 0.0  # time spent computing misses in cached_features
+        self.removed_stale = _clean_once(self.root)
 
     def __repr__(self) -> str:
         return f"FeatureCache({str(self.root)!r})"
@@ -94,7 +99,7 @@ class FeatureCache:
         """Store ``array`` under ``key`` atomically (temporary file + ``os.replace``)."""
         path = self.path_for(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{key[:8]}-", suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=tmpfiles.temp_prefix(key[:8]), suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as f:
                 np.save(f, np.asarray(array), allow_pickle=False)
@@ -124,6 +129,25 @@ class FeatureCache:
                 path.unlink(missing_ok=True)
                 removed += 1
         return removed
+
+
+_CLEANED: set[Path] = set()
+_CLEANED_LOCK = threading.Lock()
+
+
+def _clean_once(root: Path) -> int:
+    """Delete the ``.tmp`` files killed writers left in the cache (once per folder and process)."""
+    with _CLEANED_LOCK:
+        if root in _CLEANED:
+            return 0
+        _CLEANED.add(root)
+    if not root.is_dir():
+        return 0
+    try:
+        shards = [p for p in root.iterdir() if p.is_dir()]
+    except OSError:
+        return 0
+    return sum(tmpfiles.remove_stale(shard, ".*.tmp") for shard in shards)
 
 
 def feature_key(cfg: Any) -> dict[str, Any]:

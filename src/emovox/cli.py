@@ -8,6 +8,7 @@ commands so `emovox --help` is instant.
 
 from __future__ import annotations
 
+import inspect
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -48,7 +49,12 @@ def _summary_tables(summary: dict[str, Any], *, max_skipped_reasons: int = 20) -
 
     from rich.table import Table
 
+    from emovox.audio import AUDIO_EXTENSIONS
+
     clips = summary["clips"]
+    # files with a non-audio extension (README.md, a notes.txt) are not skipped audio: counted only
+    other = [p for p in summary["skipped"] if Path(p["path"]).suffix.lower() not in AUDIO_EXTENSIONS]
+    skipped_audio = [p for p in summary["skipped"] if Path(p["path"]).suffix.lower() in AUDIO_EXTENSIONS]
     overview = Table(title=f"{summary['name']} corpus at {summary['root']}", show_header=False)
     overview.add_column("", style="bold")
     overview.add_column("")
@@ -62,7 +68,9 @@ def _summary_tables(summary: dict[str, Any], *, max_skipped_reasons: int = 20) -
     )
     overview.add_row("sample rates", ", ".join(f"{sr} Hz: {n}" for sr, n in summary["sample_rates"].items()))
     overview.add_row("channels", ", ".join(f"{c}: {n}" for c, n in summary["channels"].items()))
-    overview.add_row("skipped files", str(len(summary["skipped"])))
+    overview.add_row("skipped audio files", str(len(skipped_audio)))
+    if other:
+        overview.add_row("other files", f"{len(other)} (not audio, ignored)")
     if summary["unreadable"]:
         overview.add_row("unreadable headers", str(len(summary["unreadable"])))
 
@@ -81,14 +89,14 @@ def _summary_tables(summary: dict[str, Any], *, max_skipped_reasons: int = 20) -
         speakers.add_row(speaker, summary["speaker_gender"].get(speaker) or "unknown", str(n))
 
     tables: list[Any] = [overview, emotions, speakers]
-    problems = [*summary["skipped"], *summary["unreadable"]]
+    problems = [*skipped_audio, *summary["unreadable"]]
     if problems:
         by_reason = Counter(p["reason"] for p in problems)
         example = {p["reason"]: p["path"] for p in reversed(problems)}
         skipped = Table(title="skipped files, by reason")
         skipped.add_column("reason")
-        skipped.add_column("files", justify="right")
-        skipped.add_column("example")
+        skipped.add_column("files", justify="right", no_wrap=True)
+        skipped.add_column("example", overflow="fold")
         for reason, n in by_reason.most_common(max_skipped_reasons):
             skipped.add_row(reason, str(n), example[reason])
         if len(by_reason) > max_skipped_reasons:
@@ -109,10 +117,9 @@ def data_summary(
     """Count clips per emotion and speaker, durations and sample rates; list skipped files with reasons.
 
     Layouts: ravdess, tess, crema-d, emodb, savee, folder (root/[speaker/]emotion/*.wav) and
-    manifest (CSV with path, emotion[, speaker[, gender]]).
+    manifest (CSV with path, emotion[, speaker[, gender]]). Files that are not audio (README.md,
+    notes) are counted, not listed.
     """
-    import json
-
     from emovox.corpora import load_corpus, summarize
 
     try:
@@ -120,7 +127,7 @@ def data_summary(
     except EmovoxError as exc:
         raise fail(str(exc)) from None
     if as_json:
-        typer.echo(json.dumps(summary, indent=2))
+        typer.echo(_strict_json(summary, indent=2))
         return
     for table in _summary_tables(summary):
         console.print(table)
@@ -228,9 +235,13 @@ def evaluate(
     device: Annotated[str, typer.Option("--device", help="torch device: cpu, cuda, cuda:1, mps.")] = "cpu",
 ) -> None:
     """Evaluate a saved model on a labelled test set: metrics.json, report.md, plots, predictions.csv."""
-    from emovox.runs import run_evaluation
+    from emovox.bundle import read_meta
+    from emovox.predict import check_device
+    from emovox.runs import resolve_model_path, run_evaluation
 
     try:
+        check_device(device)  # a --device this machine lacks, or a bad --model, fail before the scan
+        read_meta(resolve_model_path(model))
         metrics, report = run_evaluation(
             model,
             data_path,
@@ -502,31 +513,71 @@ def _train_summary(cfg: Any, metrics: dict[str, Any], run_dir: Path) -> None:
 # --------------------------------------------------------------------------- predict / export
 # (owned by emovox.predict / emovox.bundle / emovox.export)
 
-PREDICT_CHUNK = 32  # files decoded and classified together: bounded memory, --json streams per chunk
-
 
 def _expand_audio_inputs(inputs: list[Path]) -> tuple[list[Path], list[str], list[Path]]:
     """Files to predict on: files as given, folders walked recursively (sorted) for audio files.
 
     Returns ``(files, problems, empty_folders)``: ``problems`` are one-line messages for inputs
-    that do not exist.
+    that do not exist or cannot be read, and for folders inside the inputs that cannot be
+    searched (never skipped silently).
     """
+    import os
+    import stat
+
     from emovox.audio import is_audio_file
 
     files: list[Path] = []
     problems: list[str] = []
     empty: list[Path] = []
     for item in inputs:
-        if item.is_dir():
-            found = sorted(p for p in item.rglob("*") if is_audio_file(p))
-            if not found:
-                empty.append(item)
-            files.extend(found)
-        elif item.exists():
-            files.append(item)
-        else:
+        try:
+            mode = item.stat().st_mode
+        except (FileNotFoundError, NotADirectoryError):
             problems.append(f"{item}: file not found")
+            continue
+        except OSError as exc:
+            problems.append(f"{item}: cannot be read ({exc.strerror or exc})")
+            continue
+        if not stat.S_ISDIR(mode):
+            files.append(item)
+            continue
+        unreadable: list[str] = []
+
+        def report(exc: OSError, unreadable: list[str] = unreadable) -> None:
+            unreadable.append(f"{exc.filename}: folder cannot be read ({exc.strerror or exc}); not searched")
+
+        found = []
+        for folder, _, names in os.walk(item, onerror=report):
+            for name in names:
+                path = Path(folder) / name
+                try:
+                    if is_audio_file(path):
+                        found.append(path)
+                except OSError as exc:
+                    unreadable.append(f"{path}: cannot be read ({exc.strerror or exc})")
+        problems.extend(sorted(unreadable))
+        if not found and not unreadable:
+            empty.append(item)
+        files.extend(sorted(found))
     return list(dict.fromkeys(files)), problems, empty
+
+
+def _strict_json(value: Any, indent: int | None = None) -> str:
+    """Strict JSON (one line unless ``indent``): non-finite floats (NaN, inf), which JSON has no
+    spelling for, become null, so every consumer can parse it."""
+    import json
+    import math
+
+    def clean(v: Any) -> Any:
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        return v
+
+    return json.dumps(clean(value), allow_nan=False, indent=indent)
 
 
 def _prediction_record(prediction: Any, segments: list[Any] | None) -> dict[str, Any]:
@@ -546,21 +597,67 @@ def _prediction_record(prediction: Any, segments: list[Any] | None) -> dict[str,
     return record
 
 
-def _top_k_cell(probabilities: dict[str, float], k: int) -> str:
-    return ", ".join(f"{label} {p:.2f}" for label, p in list(probabilities.items())[:k])
+def _top_k_cell(probabilities: dict[str, float], k: int, separator: str = ", ") -> str:
+    return separator.join(f"{label} {p:.2f}" for label, p in list(probabilities.items())[:k])
+
+
+def _path_layout(
+    paths: list[str], labels: list[str], k: int, width: int
+) -> tuple[list[str], str, int | None, int | None]:
+    """How to lay out the predict table in ``width`` columns without breaking file names.
+
+    Returns ``(shown paths, title note, file column width, top-k column width)`` (None: natural
+    width). Paths are shown as given when they fit beside the other columns, with the top-k
+    entries one per line when the row is too narrow for them side by side; otherwise relative to
+    the folder all files share (named in the title) when that fits; else folded at the width left.
+    """
+    import os
+
+    longest_label = max((len(label) for label in labels), default=7)
+    emotion, confidence = max(7, longest_label), len("confidence")
+    top_one_line = len(", ".join(["x" * longest_label + " 0.00"] * k))
+    top_min = longest_label + 5  # "surprised 0.26", one per line
+    fixed = emotion + confidence + 13  # 13: borders and padding of 4 columns
+    longest = max((len(p) for p in paths), default=0)
+    if longest + fixed + top_one_line <= width:
+        return paths, "", None, None  # one line per file
+    if longest + fixed + top_min <= width:
+        return paths, "", None, width - longest - fixed
+    try:
+        common = os.path.commonpath(paths) if len(paths) > 1 else os.path.dirname(paths[0])
+    except ValueError:  # absolute and relative paths mixed
+        common = ""
+    shown, note = paths, ""
+    if common and common not in paths:
+        shown = [os.path.relpath(p, common) for p in paths]
+        note = f", files in {common}{os.sep}"
+        longest = max(len(p) for p in shown)
+        if longest + fixed + top_min <= width:
+            return shown, note, None, width - longest - fixed
+    return shown, note, max(8, width - fixed - top_min), top_min
 
 
 def _prediction_tables(rows: list[tuple[Any, list[Any] | None]], title: str, k: int) -> list[Any]:
-    """Rich tables: one row per file; with --timeline, one table of segments per file."""
+    """Rich tables: one row per file; with --timeline, one table of segments per file.
+
+    File names, emotions and numbers are never broken mid-word when they can fit (see
+    :func:`_path_layout`): the top-k column goes to one entry per line first.
+    """
     from rich.table import Table
 
-    table = Table(title=title)
-    table.add_column("file", overflow="fold")
-    table.add_column("emotion")
-    table.add_column("confidence", justify="right")
-    table.add_column(f"top {k}")
-    for p, _ in rows:
-        table.add_row(p.path, f"[bold]{p.emotion}[/]", f"{p.confidence:.2f}", _top_k_cell(p.probabilities, k))
+    labels = sorted({label for p, _ in rows for label in p.probabilities})
+    shown, note, file_width, top_width = _path_layout(
+        [str(p.path) for p, _ in rows], labels, k, console.width
+    )
+    stacked = top_width is not None
+    table = Table(title=title + note)
+    table.add_column("file", no_wrap=file_width is None, overflow="fold", width=file_width)
+    table.add_column("emotion", no_wrap=True)
+    table.add_column("confidence", justify="right", no_wrap=True)
+    table.add_column(f"top {k}", width=top_width)
+    for (p, _), name in zip(rows, shown, strict=True):
+        top = _top_k_cell(p.probabilities, k, "\n" if stacked else ", ")
+        table.add_row(name, f"[bold]{p.emotion}[/]", f"{p.confidence:.2f}", top)
     out: list[Any] = [table]
     for p, segments in rows:
         if segments is None:
@@ -570,8 +667,8 @@ def _prediction_tables(rows: list[tuple[Any, list[Any] | None]], title: str, k: 
             continue
         seg = Table(title=f"timeline of {p.path}")
         for column, justify in (("start (s)", "right"), ("end (s)", "right"), ("emotion", "left")):
-            seg.add_column(column, justify=justify)  # type: ignore[arg-type]
-        seg.add_column("confidence", justify="right")
+            seg.add_column(column, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+        seg.add_column("confidence", justify="right", no_wrap=True)
         seg.add_column(f"top {k}")
         for s in segments:
             seg.add_row(
@@ -656,7 +753,7 @@ def predict(
     top_k: Annotated[
         int | None,
         typer.Option(
-            "--top-k", "-k", min=1, help="The K most likely emotions (table: 3 by default, JSON: all)"
+            "--top-k", "-k", min=1, help="The K most likely emotions (table: 3 by default, JSON: all)."
         ),
     ] = None,
     backend: Annotated[
@@ -688,18 +785,29 @@ def predict(
         int | None,
         typer.Option("--batch-size", min=1, help="With --ray: files per batch and part file (default 64)."),
     ] = None,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            "--threads",
+            min=1,
+            help="Inference threads (default: 1 for small models such as the shipped ones, else up to 4).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Predict the emotion of speech recordings: a table, or JSON lines with --json.
 
-    Files that cannot be used are reported on stderr and skipped (exit status 1); a missing or
-    broken model, or nothing to work on, ends with exit status 2. With --ray the work is spread
-    over a Ray cluster and every file gets a row in the --out Parquet table (see docs/distributed.md).
+    Files that cannot be used are reported on stderr, one line each, and skipped. Exit status: 0
+    when every input was predicted, 1 when some were skipped, 2 when nothing was predicted (no
+    usable input, a missing or broken model, bad options). Recordings longer than a minute are
+    read as a stream and classified in 30 s windows, so memory stays flat however long they are.
+    With --ray the work is spread over a Ray cluster and every file gets a row in the --out Parquet
+    table (see docs/distributed.md).
     """
-    import json
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from emovox.audio import SAMPLE_RATE
     from emovox.predict import Recognizer
-    from emovox.progress import progress_bar
 
     if backend not in ("torch", "onnx"):
         raise fail(f"--backend: unknown backend {backend!r} (choose torch or onnx)")
@@ -728,60 +836,60 @@ def predict(
     for problem in problems:
         err_console.print(f"[bold red]skipped:[/] {problem}", highlight=False, soft_wrap=True)
     if not files:
-        raise typer.Exit(1)
+        raise fail(f"nothing to predict: {len(problems)} input(s) skipped, 0 predicted")
     try:
-        recognizer = Recognizer.load(model, backend=backend, device=device)  # type: ignore[arg-type]
+        recognizer = Recognizer.load(model, backend=backend, device=device, threads=threads)  # type: ignore[arg-type]
     except EmovoxError as exc:
         raise fail(str(exc)) from None
     if timeline and recognizer.sample_rate != SAMPLE_RATE:
         raise fail(f"--timeline needs a {SAMPLE_RATE} Hz model; {model} uses {recognizer.sample_rate} Hz")
+    k = min(top_k or 3, len(recognizer.labels))  # no "top 20" column for 8 emotions
 
     failed = len(problems)
     rows: list[tuple[Any, list[Any] | None]] = []
-    progress = progress_bar(enabled=len(files) >= 2 and err_console.is_terminal, console=err_console)
-
-    def skip(message: str) -> None:
-        nonlocal failed
-        failed += 1
-        progress.console.print(f"[bold red]skipped:[/] {message}", highlight=False, soft_wrap=True)
-
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=True,
+        auto_refresh=False,  # drawn between files only: nothing writes while decoders are silenced
+        disable=len(files) < 2 or not err_console.is_terminal,
+    )
     with progress:
         task = progress.add_task("predicting", total=len(files))
-        for start in range(0, len(files), PREDICT_CHUNK):
-            waves, durations, paths, decoded = [], [], [], []
-            for path in files[start : start + PREDICT_CHUNK]:
-                try:
-                    wave, _ = recognizer.decode(path)
-                    waves.append(recognizer.preprocess(wave, name=str(path)))
-                except EmovoxError as exc:
-                    skip(str(exc))
-                    progress.advance(task)
-                    continue
-                decoded.append(wave)
-                durations.append(wave.size / recognizer.sample_rate)
-                paths.append(str(path))
-            predictions = recognizer.predict_waves(waves, durations=durations, paths=paths, top_k=top_k)
-            for prediction, wave in zip(predictions, decoded, strict=True):
-                segments = None
-                if timeline:
-                    try:
-                        segments = recognizer.timeline(wave, sr=recognizer.sample_rate)
-                    except EmovoxError as exc:
-                        skip(f"{prediction.path}: timeline failed ({exc})")
-                        progress.advance(task)
-                        continue
-                if as_json:
-                    sys.stdout.write(json.dumps(_prediction_record(prediction, segments)) + "\n")
-                    sys.stdout.flush()
-                rows.append((prediction, segments))
+        results = recognizer.predict_files(
+            files, top_k=top_k and min(top_k, len(recognizer.labels)), timeline=timeline, quiet_decoder=True
+        )
+        try:
+            for result in results:
+                if result.error is not None:
+                    failed += 1
+                    progress.console.print(
+                        f"[bold red]skipped:[/] {result.error}", highlight=False, soft_wrap=True
+                    )
+                else:
+                    if as_json:
+                        sys.stdout.write(
+                            _strict_json(_prediction_record(result.prediction, result.segments)) + "\n"
+                        )
+                        sys.stdout.flush()
+                    rows.append((result.prediction, result.segments))
                 progress.advance(task)
+                progress.refresh()
+        except EmovoxError as exc:
+            raise fail(str(exc)) from None
 
     if not as_json and rows:
         title = f"{Path(str(recognizer.meta['path'])).name} ({backend})"
-        for renderable in _prediction_tables(rows, title, top_k or 3):
+        for renderable in _prediction_tables(rows, title, k):
             console.print(renderable, highlight=False)
     if failed:
-        err_console.print(f"[yellow]{failed} input(s) skipped, {len(rows)} predicted[/]", highlight=False)
+        summary = f"{failed} input(s) skipped, {len(rows)} predicted"
+        if not rows:
+            raise fail(f"nothing predicted: {summary}")
+        err_console.print(f"[yellow]{summary}[/]", highlight=False)
         raise typer.Exit(1)
 
 
@@ -879,6 +987,44 @@ def serve(
         highlight=False,
     )
     run_server(recognizer, model=model, host=host, port=port, settings=settings, log_level=log_level)
+
+
+# --------------------------------------------------------------------------- help text
+
+
+def _reflow(text: str) -> str:
+    """A docstring as help: paragraphs joined into single lines (the terminal wraps them, not the
+    source's line breaks) and square brackets escaped (``root/[speaker/]emotion`` is not markup)."""
+    from rich.markup import escape
+
+    paragraphs = [" ".join(line.strip() for line in part.splitlines()) for part in text.split("\n\n")]
+    return escape("\n\n".join(p for p in paragraphs if p))
+
+
+def _tidy_help(*typers: typer.Typer) -> None:
+    for group in typers:
+        for info in group.registered_commands:
+            doc = info.help or inspect.getdoc(info.callback) or ""
+            info.help = _reflow(doc)
+
+
+def _flag_type_hidden() -> None:
+    """Show no ``<bool>`` type for on/off flags (``--json``, ``--help``) in this typer's help panels."""
+    from typer.core import TyperOption
+
+    shown = TyperOption.display_type_rich
+    if getattr(shown, "_emovox", False):
+        return
+
+    def display_type_rich(self: TyperOption, ctx: Any) -> str | None:
+        return None if self.is_flag else shown(self, ctx)
+
+    display_type_rich._emovox = True  # type: ignore[attr-defined]
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
+_tidy_help(app, data_app)
+_flag_type_hidden()
 
 
 def main() -> None:

@@ -33,6 +33,7 @@ from typing import Any, Literal
 
 import yaml
 
+from emovox import limits
 from emovox.augment import AugmentConfig
 from emovox.errors import ConfigError
 from emovox.features import FeatureConfig
@@ -413,6 +414,18 @@ def validate(cfg: RunConfig) -> None:
         _check(bool(s.test_speakers), "split.test_speakers", "holdout needs at least one test speaker", [])
     if s.protocol == "cross_corpus":
         _check(bool(s.test_path), "split.test_path", "cross_corpus needs the test corpus folder", s.test_path)
+    _check_ranges(cfg)
+
+
+def _check_ranges(cfg: RunConfig) -> None:
+    """Every number of the data, train, split and augment sections against :data:`emovox.limits.RANGES`
+    (features and model parameters are checked where they are built, for configs and bundles alike)."""
+    for section in ("data", "train", "split", "augment"):
+        values = getattr(cfg, section)
+        for f in dataclasses.fields(values):
+            key = f"{section}.{f.name}"
+            if key in limits.RANGES:
+                limits.check_optional(key, getattr(values, f.name))
 
 
 def _validate_params(m: ModelConfig) -> None:

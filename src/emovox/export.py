@@ -15,7 +15,6 @@ import io
 import logging
 import os
 import shutil
-import uuid
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from emovox import tmpfiles
 from emovox.bundle import ONNX_FILE, load_bundle, sha256_file, update_config
 from emovox.errors import AudioError, EmovoxError
 
@@ -208,7 +208,8 @@ def export_onnx(
         raise ExportError(f"{out}: cannot create its folder ({exc.strerror or exc})") from None
     clips = list(check_waves) if check_waves else synthetic_clips()
     model = _probability_model(net.cpu().eval())
-    tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmpfiles.remove_stale(out.parent, f".{out.name}.tmp-*")  # left by an export that was killed
+    tmp = out.with_name(tmpfiles.temp_name(out.name))
     try:
         trace = synthetic_clips()[:2]
         example = _pad([clip[:n] for clip, n in zip(trace, TRACE_SAMPLES, strict=True)])
@@ -251,12 +252,26 @@ def verify_onnx(
     except Exception as exc:  # onnxruntime raises its own exception types
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ExportError(f"{onnx_path.name}: onnxruntime cannot load the exported model ({first})") from exc
-    cases = [_pad([c]) for c in clips] + ([_pad(clips)] if len(clips) > 1 else [])
+    cases = [(f"check clip {i + 1}", *_pad([c])) for i, c in enumerate(clips)]
+    if len(clips) > 1:
+        cases.append((f"the {len(clips)} check clips as one padded batch", *_pad(clips)))
     worst = 0.0
-    for batch, lengths in cases:
+    for what, batch, lengths in cases:
         with torch.inference_mode():
             expected = model(torch.from_numpy(batch), torch.from_numpy(lengths)).numpy()
         got = session.run([OUTPUT_NAME], {"wave": batch, "lengths": lengths})[0]
+        # NaN never compares greater, so max() would silently drop it: non-finite output is a failure
+        for name, out in (("PyTorch", expected), ("onnxruntime", got)):
+            if not np.isfinite(out).all():
+                raise ExportError(
+                    f"{onnx_path.name}: {name} gives non-finite probabilities (NaN or inf) on {what}; "
+                    "the model is broken and the export was discarded"
+                )
+        if got.shape != expected.shape:
+            raise ExportError(
+                f"{onnx_path.name}: onnxruntime output has shape {got.shape}, PyTorch {expected.shape} "
+                f"on {what}; the export was discarded"
+            )
         worst = max(worst, float(np.abs(got - expected).max()))
     if not worst <= atol:
         raise ExportError(

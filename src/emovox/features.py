@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as nnf
 from torch import Tensor, nn
 
+from emovox import limits
 from emovox.errors import AudioError, ConfigError
 
 #: Bump whenever a change in this module changes feature values, so caches keyed on it go stale.
@@ -107,6 +108,9 @@ class FeatureConfig:
             raise ConfigError(
                 f"features.n_contrast_bands: must be an integer >= 1, got {self.n_contrast_bands!r}"
             )
+        for name in ("sample_rate", "n_fft", "win_length", "hop_length", "n_mels", "n_mfcc", "n_chroma"):
+            limits.check(f"features.{name}", getattr(self, name))
+        limits.check("features.n_contrast_bands", self.n_contrast_bands)
         if not isinstance(self.deltas, bool):
             raise ConfigError(f"features.deltas: must be true or false, got {self.deltas!r}")
         nyquist = self.sample_rate / 2
@@ -122,6 +126,9 @@ class FeatureConfig:
             or not math.isfinite(self.fmax)
         ):
             raise ConfigError(f"features.fmax: must be a number or null, got {self.fmax!r}")
+        for name in ("fmin", "f0_min", "f0_max"):
+            limits.check(f"features.{name}", getattr(self, name))
+        limits.check_optional("features.fmax", self.fmax)
         if not self.sets:
             raise ConfigError(f"features.sets: pick at least one of {', '.join(FEATURE_SETS)}")
         for name in self.sets:
@@ -171,6 +178,38 @@ class FeatureConfig:
                 raise ConfigError(
                     f"features.f0_max: {self.f0_max} Hz is above the Nyquist frequency ({nyquist:g} Hz)"
                 )
+        values = self.front_end_values()
+        if values > limits.MAX_FRONT_END_VALUES:
+            raise ConfigError(
+                f"features: this front end would build {values / 1e6:.0f} million filterbank values "
+                f"(n_fft {self.n_fft}, win_length {self.win_length}"
+                + (f", f0_min {self.f0_min:g} Hz at {self.sample_rate} Hz" if "f0" in sets else "")
+                + f"), over the limit of {limits.MAX_FRONT_END_VALUES / 1e6:.0f} million; use a smaller "
+                "n_fft / win_length" + (" or a higher f0_min" if "f0" in sets else "")
+            )
+
+    def front_end_values(self) -> int:
+        """How many values the filterbanks and DFT bases of :class:`FeatureExtractor` hold for this
+        config (what building it allocates, before any audio), so a config can be refused first."""
+        sets = set(self.sets)
+        bins = self.n_fft // 2 + 1
+        total = 0
+        if sets & {"logmel", "mfcc", "chroma", "contrast"}:
+            total += 2 * bins * self.win_length + self.win_length
+        if sets & {"logmel", "mfcc", "chroma"}:
+            total += self.n_mels * bins
+        if "mfcc" in sets:
+            total += self.n_mfcc * self.n_mels
+        if "chroma" in sets:
+            total += self.n_chroma * bins
+        if "zcr" in sets:
+            total += self.n_fft
+        if "f0" in sets:
+            n = self.f0_frame_length
+            max_period = min(math.ceil(self.sample_rate / self.f0_min), n - 1)
+            n_dft = 1 << (n + max_period).bit_length()
+            total += (n_dft + 2) * n + (max_period + 1) * (n_dft // 2 + 1) + max_period * max_period
+        return total
 
     # ------------------------------------------------------------------ derived values
     @property

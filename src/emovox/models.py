@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from emovox import limits
 from emovox.errors import ConfigError
 from emovox.features import FeatureConfig, FeatureExtractor, pool_stats
 from emovox.jsonutil import jsonable
@@ -458,6 +459,16 @@ def build_backbone(family: str, in_channels: int, n_classes: int, **params: Any)
         )
     _check_params(params)
     try:
+        # built first on the meta device (shapes only, no memory) so that an oversized network is
+        # refused before its weights are allocated
+        with torch.device("meta"):
+            shape_only = cls(in_channels, n_classes, **params)
+        count = sum(p.numel() for p in shape_only.parameters())
+        if count > limits.MAX_PARAMETERS:
+            raise ConfigError(
+                f"model.params: a {family} with these parameters has {count / 1e6:.1f} million weights, "
+                f"over the limit of {limits.MAX_PARAMETERS / 1e6:.0f} million"
+            )
         return cls(in_channels, n_classes, **params)
     except (TypeError, ValueError, RuntimeError) as exc:
         raise ConfigError(f"model.params: invalid value for family {family!r}: {exc}") from None
@@ -468,12 +479,14 @@ def _positive_int(value: Any) -> bool:
 
 
 def _check_params(params: dict[str, Any]) -> None:
-    """Range-check the shared hyper-parameters so a bad value is named instead of failing deep in torch."""
+    """Type- and range-check the shared hyper-parameters (ranges: :data:`emovox.limits.RANGES`), so a
+    bad value is named instead of failing deep in torch or allocating gigabytes."""
     for key, value in params.items():
         where = f"model.params.{key}"
         if key in ("channels", "hidden") and isinstance(value, (list, tuple)):
             if not all(_positive_int(v) for v in value):
                 raise ConfigError(f"{where}: expected a list of positive integers, got {value!r}")
+            limits.check_list(where, value)
         elif key == "channels":
             raise ConfigError(f"{where}: expected a list of positive integers (one per block), got {value!r}")
         elif key in ("hidden", "layers", "kernel") and not _positive_int(value):
@@ -484,6 +497,8 @@ def _check_params(params: dict[str, Any]) -> None:
             raise ConfigError(f"{where}: expected a number in [0, 1), got {value!r}")
         elif key == "bidirectional" and not isinstance(value, bool):
             raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        if key in ("hidden", "layers", "kernel", "dropout") and not isinstance(value, (list, tuple)):
+            limits.check(where, value)
 
 
 # --------------------------------------------------------------------------- end-to-end network
@@ -507,8 +522,9 @@ class EmotionNet(nn.Module):
         encoder: nn.Module | None = None,
     ) -> None:
         super().__init__()
-        if len(labels) < 2:
+        if isinstance(labels, (list, tuple)) and len(labels) < 2:
             raise ConfigError(f"need at least two emotion labels to train a classifier, got {list(labels)}")
+        limits.check_labels(labels, "model.labels")
         self.feature_cfg = feature_cfg
         self.family = family
         self.params = dict(params or {})
