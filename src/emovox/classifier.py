@@ -42,6 +42,9 @@ class FitData:
     train_y: list[int]
     val_waves: list[np.ndarray]
     val_y: list[int]
+    train_groups: list[str] = field(default_factory=list)
+    """Speaker of each training clip (for speaker-normalised heads); empty when not known."""
+    val_groups: list[str] = field(default_factory=list)
 
 
 @dataclass

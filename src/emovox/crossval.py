@@ -250,6 +250,8 @@ def _run_fold(
         "ua": m["ua"],
         "macro_f1": m["macro_f1"],
         "ece": m.get("ece"),
+        # a speaker-normalised model: the same folds without normalisation (lone clips)
+        "plain_ua": (m.get("plain") or {}).get("ua"),
         "metrics": m,
     }
     fold_dir.mkdir(parents=True, exist_ok=True)
@@ -298,11 +300,11 @@ def _cv_result(
             **{key: mean_std([f[key] for f in folds]) for key in METRIC_NAMES},
             # model selection reads best_val_ua (validation speakers only), never the test scores
             "best_val_ua": mean_std([f["best_val_ua"] for f in folds]),
-            **(
-                {"ece": mean_std([f["ece"] for f in folds])}
-                if all(f.get("ece") is not None for f in folds)
-                else {}
-            ),
+            **{
+                key: mean_std([f[key] for f in folds])
+                for key in ("ece", "plain_ua")
+                if all(f.get(key) is not None for f in folds)
+            },
         },
         "pooled": pooled,
         "predictions": predictions,

@@ -97,13 +97,43 @@ class TorchClassifier:
     def labels(self) -> list[str]:
         return list(self.net.labels)
 
-    def predict_proba(self, waves: Sequence[np.ndarray]) -> np.ndarray:
-        """Class probabilities ``[N, K]`` (rows sum to 1) for 16 kHz mono waveforms."""
-        logits = torch.from_numpy(self.predict_logits(waves))
+    @property
+    def groupable(self) -> bool:
+        """Whether :meth:`predict_proba` can use ``groups`` (a speaker-normalised model)."""
+        return bool(getattr(self.net, "speaker_norm", False))
+
+    def predict_proba(self, waves: Sequence[np.ndarray], groups: Sequence[str] | None = None) -> np.ndarray:
+        """Class probabilities ``[N, K]`` (rows sum to 1) for 16 kHz mono waveforms.
+
+        ``groups`` (one key per clip, e.g. the speaker) switches a speaker-normalised model to its
+        speaker head for every group of at least :data:`~emovox.models.MIN_GROUP_CLIPS` clips."""
+        logits = torch.from_numpy(self.predict_logits(waves, groups))
         return torch.softmax(logits, dim=-1).numpy().astype(np.float64)
 
     @torch.inference_mode()
-    def predict_logits(self, waves: Sequence[np.ndarray]) -> np.ndarray:
+    def _grouped_logits(self, waves: Sequence[np.ndarray], groups: Sequence[str], out: np.ndarray) -> None:
+        from emovox.models import MIN_GROUP_CLIPS
+
+        if self.cache is not None:
+            from emovox.cache import cached_features
+
+            feats = cached_features(waves, self.net.extractor, self.cache, batch_size=self.batch_size)
+            x = pooled_columns(feats, self.net.feature_cfg.stats)
+            raw = torch.from_numpy(np.stack([c[:, 0] for c in x]))
+        else:
+            rows = []
+            for start in range(0, len(waves), self.batch_size):
+                wave, lengths = pad_batch(list(waves[start : start + self.batch_size]))
+                rows.append(self.net.raw_inputs(wave.to(self.device), lengths.to(self.device))[0].cpu())
+            raw = torch.cat(rows)
+        keys = np.asarray(list(groups))
+        for g in np.unique(keys):
+            idx = np.flatnonzero(keys == g)
+            if len(idx) >= MIN_GROUP_CLIPS:
+                out[idx] = self.net.speaker_logits(raw[idx].to(self.device)).double().cpu().numpy()
+
+    @torch.inference_mode()
+    def predict_logits(self, waves: Sequence[np.ndarray], groups: Sequence[str] | None = None) -> np.ndarray:
         """Calibrated logits ``[N, K]`` (``softmax`` of them is :meth:`predict_proba`)."""
         out = np.zeros((len(waves), len(self.labels)), dtype=np.float64)
         order = sorted(range(len(waves)), key=lambda i: np.asarray(waves[i]).size)
@@ -124,6 +154,10 @@ class TorchClassifier:
                     x = pool_stats(x, frames, self.net.feature_cfg.stats)
                 logits = self.net.backbone(self.net.normalize(x, frames), frames)
             out[idx] = logits.double().cpu().numpy()
+        if groups is not None and self.groupable:
+            if len(groups) != len(waves):
+                raise ValueError(f"groups: {len(groups)} keys for {len(waves)} clips")
+            self._grouped_logits(waves, groups, out)
         return out
 
 
@@ -149,10 +183,10 @@ def label_set(utts: Sequence[Utterance]) -> list[str]:
 
 def _gather(
     utts: Sequence[Utterance], waves: Mapping[Path, np.ndarray], labels: Sequence[str]
-) -> tuple[list[np.ndarray], list[int]]:
+) -> tuple[list[np.ndarray], list[int], list[str]]:
     index = {label: i for i, label in enumerate(labels)}
     kept = [u for u in utts if u.path in waves and u.emotion in index]
-    return [waves[u.path] for u in kept], [index[u.emotion] for u in kept]
+    return [waves[u.path] for u in kept], [index[u.emotion] for u in kept], [u.speaker for u in kept]
 
 
 def fit(
@@ -192,9 +226,9 @@ def fit(
         raise CorpusError(
             f"training data has {len(labels)} emotion(s) ({', '.join(labels)}); need at least 2"
         )
-    train_waves, train_y = _gather(train, waves, labels)
-    val_waves, val_y = _gather(val, waves, labels)
-    data = FitData(labels, train_waves, train_y, val_waves, val_y)
+    train_waves, train_y, train_groups = _gather(train, waves, labels)
+    val_waves, val_y, val_groups = _gather(val, waves, labels)
+    data = FitData(labels, train_waves, train_y, val_waves, val_y, train_groups, val_groups)
     with cpu_threads(cfg.train.threads):
         return fitter.fit(cfg, data, run_dir, resume=resume, progress=progress, callbacks=callbacks)
 
@@ -248,17 +282,19 @@ def _crop_frames(net: EmotionNet, crop: int, features: Any) -> int:
 
 def _loaders(
     cfg: RunConfig, net: EmotionNet, data: FitData, device: str, *, progress: bool, resume: bool
-) -> tuple[DataLoader, DataLoader | None, int]:
-    """``(train_loader, val_loader or None, steps_per_epoch)``; sets the normaliser of ``net``
+) -> tuple[DataLoader, DataLoader | None, int, Any]:
+    """``(train_loader, val_loader or None, steps_per_epoch, pooled)``; sets the normaliser of ``net``
     (unless ``resume``: the checkpoint restores it).
 
     With waveform augmentation (or encoder layers being fine-tuned) the loaders yield waveforms;
     otherwise frame features extracted once through the disk cache (train items are random
-    feature-domain crops; the encoder family's ``pooling: stats`` trains on whole-clip statistics).
+    feature-domain crops; the encoder family's ``pooling: stats`` trains on whole-clip statistics,
+    returned as ``pooled = (train_columns, val_columns)``, else None).
     """
     tcfg = cfg.train
     crop = int(cfg.data.max_seconds * cfg.features.sample_rate) if cfg.data.max_seconds else None
     cached = uses_cache(cfg)
+    pooled = None
     if not cached:
         augment = WaveAugment(cfg.augment, cfg.features.sample_rate) if cfg.augment.wave_enabled else None
         train_ds: Dataset = WaveDataset(data.train_waves, data.train_y, crop=crop, augment=augment)
@@ -281,6 +317,7 @@ def _loaders(
         if prepooled:  # whole-clip statistics once per clip: training never touches frames
             train_feats = pooled_columns(train_feats, cfg.features.stats)
             val_feats = pooled_columns(val_feats, cfg.features.stats)
+            pooled = (train_feats, val_feats)
         if not resume and (prepooled or not net.pooled):  # normaliser statistics from the cache
             net.set_normalization(*frame_stats(train_feats))
         elif not resume:
@@ -309,7 +346,7 @@ def _loaders(
         else:
             val_ds = FeatureDataset([val_feats[i] for i in order], val_y)
         val_loader = DataLoader(val_ds, shuffle=False, **loader_args)
-    return train_loader, val_loader, steps_per_epoch
+    return train_loader, val_loader, steps_per_epoch, pooled
 
 
 def _callbacks(
@@ -466,7 +503,7 @@ def fit_torch(
     if net.family == "encoder":
         net.extractor.freeze(int(cfg.model.params.get("finetune_top", 0)))
     device = _device(cfg)
-    train_loader, val_loader, steps_per_epoch = _loaders(
+    train_loader, val_loader, steps_per_epoch, pooled = _loaders(
         cfg, net, data, device, progress=progress, resume=resume
     )
     net.cpu()
@@ -493,12 +530,84 @@ def fit_torch(
     )
     if data.val_waves and tcfg.calibrate:
         _calibrate(clf, data, run_dir if trainer.is_global_zero else None)
+    if net.speaker_norm:
+        if pooled is None or not data.train_groups:
+            raise ConfigError(
+                "model.params.speaker_norm: needs cached statistics and speaker ids of training clips"
+            )
+        _fit_speaker_head(cfg, clf.net, data, pooled, run_dir, progress=progress)
     return FitResult(
         model=clf,
         best_val_ua=best_ua,
         history=history,
         checkpoint=chosen,
     )
+
+
+def _group_columns(net: EmotionNet, columns: Sequence[np.ndarray], groups: Sequence[str]) -> list[np.ndarray]:
+    """Pooled statistics of each clip standardised over its speaker's clips (group_normalize)."""
+    x = torch.from_numpy(np.stack([np.asarray(c, dtype=np.float32)[:, 0] for c in columns]))
+    out = torch.empty_like(x)
+    keys = np.asarray(groups)
+    with torch.no_grad():
+        for g in np.unique(keys):
+            idx = torch.from_numpy(np.flatnonzero(keys == g))
+            out[idx] = net.group_normalize(x[idx])
+    return [row.numpy()[:, None] for row in out]
+
+
+def _fit_speaker_head(
+    cfg: RunConfig, net: EmotionNet, data: FitData, pooled: Any, run_dir: Path, *, progress: bool
+) -> None:
+    """Train ``net.speaker_backbone`` on per-speaker standardised statistics (validation speakers
+    standardised the same way), with the main head's recipe, in ``run_dir/speaker_head/``; then fit
+    its temperature on the validation speakers."""
+    from emovox.calibration import fit_temperature
+    from emovox.lightning_module import EmotionModule
+
+    train_cols, val_cols = pooled
+    x = np.stack([c[:, 0] for c in train_cols]).astype(np.float64)
+    keys = np.asarray(data.train_groups)
+    within = np.mean([x[keys == g].var(0) for g in np.unique(keys)], axis=0)
+    net.speaker_prior_var.copy_(torch.from_numpy(within).float().clamp(min=1e-10))
+    train_norm = _group_columns(net, train_cols, data.train_groups)
+    val_norm = _group_columns(net, val_cols, data.val_groups) if val_cols else []
+    params = {k: v for k, v in net.params.items() if k != "speaker_norm"}
+    shadow = EmotionNet(net.feature_cfg, net.family, params, net.labels, encoder=net.extractor)
+    shadow.set_normalization(torch.zeros(shadow.input_dim), torch.ones(shadow.input_dim))
+    tcfg = cfg.train
+    loader_args: dict[str, Any] = {"batch_size": tcfg.batch_size, "collate_fn": collate_features}
+    drop_last = len(train_norm) > tcfg.batch_size
+    train_loader = DataLoader(
+        FeatureDataset(train_norm, data.train_y), shuffle=True, drop_last=drop_last, **loader_args
+    )
+    val_loader = DataLoader(FeatureDataset(val_norm, data.val_y), **loader_args) if val_norm else None
+    steps = len(train_norm) // tcfg.batch_size if drop_last else 1
+    head_dir = run_dir / "speaker_head"
+    module = EmotionModule(shadow, cfg, _class_weights(cfg, data), steps)
+    callbacks, best = _callbacks(cfg, head_dir / CHECKPOINT_DIR, validate=val_loader is not None,
+                                 progress=progress, extra=())  # fmt: skip
+    trainer = _trainer(cfg, head_dir, callbacks, steps, progress)
+    _run_trainer(trainer, module, train_loader, val_loader, head_dir, resume=False, earlier_log=[])
+    chosen = (
+        Path(best.best_model_path)
+        if best is not None and best.best_model_path
+        else head_dir / CHECKPOINT_DIR / LAST_CHECKPOINT
+    )
+    module.load_trained(torch.load(chosen, map_location="cpu", weights_only=True)["state_dict"], chosen)
+    net.speaker_backbone.load_state_dict(shadow.backbone.state_dict())
+    if val_norm and tcfg.calibrate:
+        with torch.no_grad():
+            v = torch.from_numpy(np.stack([c[:, 0] for c in val_norm]))
+            logits = net.speaker_backbone.eval()(v, None).double().numpy()
+        net.speaker_temperature.fill_(fit_temperature(logits, np.asarray(data.val_y)))
+    best_ua = (
+        float(best.best_model_score) if best is not None and best.best_model_score is not None else math.nan
+    )
+    (head_dir / "summary.json").write_text(
+        json.dumps({"best_val_ua": best_ua, "temperature": float(net.speaker_temperature)}, indent=2) + "\n"
+    )
+    net.speaker_best_val_ua = best_ua
 
 
 def _calibrate(clf: TorchClassifier, data: FitData, run_dir: Path | None) -> None:

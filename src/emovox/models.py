@@ -380,6 +380,8 @@ class EncoderHead(nn.Module):
     :func:`~emovox.features.pool_stats` of the stacked states) and weighs layers the same way: no
     frame-level work at all in training, and pooled statistics are what speaker normalisation
     standardises.
+    ``head: linear`` replaces the MLP by dropout + one linear layer. ``speaker_norm`` adds a second
+    head for speaker-normalised statistics (see :meth:`EmotionNet.group_normalize`).
     ``encoder`` / ``encoder_layers`` / ``finetune_top`` describe the front end
     (:class:`emovox.encoders.SpeechEncoder`) and are kept here so one ``model.params`` holds the
     whole family; ``encoder_layers`` is the list of hidden-state indices once the encoder is loaded.
@@ -397,8 +399,12 @@ class EncoderHead(nn.Module):
         dropout: float = 0.2,
         attention: int = 128,
         pooling: str = "attentive",
+        head: str = "mlp",
+        speaker_norm: bool = False,
     ) -> None:
         super().__init__()
+        if head not in ("mlp", "linear"):
+            raise ConfigError(f"model.params.head: expected 'mlp' or 'linear', got {head!r}")
         if pooling not in ("attentive", "stats"):
             raise ConfigError(f"model.params.pooling: expected 'attentive' or 'stats', got {pooling!r}")
         n_layers = len(encoder_layers) if isinstance(encoder_layers, (list, tuple)) else 1
@@ -410,13 +416,16 @@ class EncoderHead(nn.Module):
         self.dim = in_channels // blocks
         self.layer_logits = nn.Parameter(torch.zeros(n_layers))
         self.pool = None if self.stats else AttentiveStatsPool(self.dim, attention)
-        self.head = nn.Sequential(
-            nn.Dropout(dropout),
-            nn.Linear(2 * self.dim, hidden),
-            nn.GELU(),
-            nn.Dropout(dropout),
-            nn.Linear(hidden, n_classes),
-        )
+        if head == "linear":
+            self.head: nn.Module = nn.Sequential(nn.Dropout(dropout), nn.Linear(2 * self.dim, n_classes))
+        else:
+            self.head = nn.Sequential(
+                nn.Dropout(dropout),
+                nn.Linear(2 * self.dim, hidden),
+                nn.GELU(),
+                nn.Dropout(dropout),
+                nn.Linear(hidden, n_classes),
+            )
 
     def layer_weights(self) -> Tensor:
         return torch.softmax(self.layer_logits, dim=0)
@@ -545,6 +554,15 @@ class EmotionNet(nn.Module):
         # temperature scaling of the logits (emovox.calibration), fitted on validation speakers
         self.register_buffer("temperature", torch.ones(()))
         self.backbone = build_backbone(family, dim, len(self.labels), **self.params)
+        # speaker normalisation (encoder family, pooling: stats): a second head reads statistics
+        # standardised over a group of clips from one speaker; a lone clip uses the plain head
+        self.speaker_norm = bool(self.params.get("speaker_norm", False))
+        if self.speaker_norm:
+            if not self.pooled or family != "encoder":
+                raise ConfigError("model.params.speaker_norm: needs family encoder with pooling: stats")
+            self.speaker_backbone = build_backbone(family, dim, len(self.labels), **self.params)
+            self.register_buffer("speaker_temperature", torch.ones(()))
+            self.register_buffer("speaker_prior_var", torch.ones(dim))  # within-speaker variance
 
     def set_normalization(self, mean: Tensor, std: Tensor) -> None:
         """Set the normaliser from training statistics (std is floored to avoid division by ~0)."""
@@ -573,6 +591,21 @@ class EmotionNet(nn.Module):
         """Normalised backbone inputs and frame lengths."""
         x, frames = self.raw_inputs(wave, lengths)
         return self.normalize(x, frames), frames
+
+    def group_normalize(self, x: Tensor) -> Tensor:
+        """Standardise raw pooled statistics ``x [N, D]`` of one speaker's clips over that group.
+
+        The variance is shrunk towards the training speakers' mean within-speaker variance with the
+        weight of :data:`SPEAKER_PRIOR_CLIPS` clips, so a handful of clips gives a stable estimate."""
+        n = x.shape[0]
+        mean = x.mean(0)
+        var = ((x - mean) ** 2).sum(0)
+        var = (var + SPEAKER_PRIOR_CLIPS * self.speaker_prior_var) / (n + SPEAKER_PRIOR_CLIPS)
+        return (x - mean) / torch.sqrt(var.clamp(min=1e-10))
+
+    def speaker_logits(self, x: Tensor) -> Tensor:
+        """Calibrated logits of the speaker head from raw pooled statistics of one group ``[N, D]``."""
+        return self.speaker_backbone(self.group_normalize(x), None) / self.speaker_temperature
 
     def head(self, x: Tensor, frames: Tensor) -> Tensor:
         """Calibrated logits from normalised backbone inputs: ``backbone(x) / temperature``."""
@@ -612,6 +645,12 @@ class EmotionNet(nn.Module):
             )
         except KeyError as exc:
             raise ConfigError(f"model config is missing the key {exc.args[0]!r}") from None
+
+
+#: Weight (in clips) of the training speakers' within-speaker variance in EmotionNet.group_normalize.
+SPEAKER_PRIOR_CLIPS = 10
+#: Fewest clips a group needs before speaker normalisation is used (fewer: the plain head).
+MIN_GROUP_CLIPS = 2
 
 
 def _load_encoder(params: dict[str, Any]) -> nn.Module:

@@ -159,6 +159,11 @@ def _scores_section(metrics: Mapping[str, Any], plot_dir: Path, is_cv: bool, sco
     for key, what in (
         ("best_val_ua", "mean best validation UA (validation speakers; what model selection reads)"),
         ("ece", "expected calibration error of the test folds (10 bins; 0 = perfectly calibrated)"),
+        (
+            "plain_ua",
+            "UA without speaker normalisation (each clip alone; the scores above standardise "
+            "statistics over each test speaker's clips)",
+        ),
     ):
         if key in s and s[key].get("values") and math.isfinite(s[key]["mean"]):
             lines += [f"- {what}: {s[key]['mean']:.3f} ± {s[key]['std']:.3f}"]

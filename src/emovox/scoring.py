@@ -63,7 +63,12 @@ def evaluate_model(
     if not utts:
         raise CorpusError("none of the test files could be loaded: " + "; ".join(r for _, r in skipped[:3]))
 
-    probs = predict_all(clf, [loaded[u.path] for u in utts], batch_size=batch_size, progress=progress)
+    clips = [loaded[u.path] for u in utts]
+    probs = predict_all(clf, clips, batch_size=batch_size, progress=progress)
+    plain = None
+    if getattr(clf, "groupable", False):  # speaker-normalised model: each test speaker is a group
+        plain = _summary(probs, utts, eval_labels, model_labels)
+        probs = np.asarray(clf.predict_proba(clips, groups=[u.speaker for u in utts]), dtype=np.float64)
     if eval_labels != model_labels:
         columns = [model_labels.index(lab) for lab in eval_labels]
         probs = probs[:, columns]
@@ -76,6 +81,8 @@ def evaluate_model(
     true_idx = np.array([eval_labels.index(t) for t in y_true])
     metrics["ece"] = expected_calibration_error(probs, true_idx)
     metrics["reliability"] = reliability(probs, true_idx)
+    metrics["normalization"] = "speaker" if plain is not None else None
+    metrics["plain"] = plain  # the same model without speaker normalisation (lone clips)
     metrics["model_labels"] = model_labels
     metrics["shared_emotions"] = shared if shared is not None and shared != model_labels else None
     metrics["dropped"] = dropped
@@ -123,6 +130,19 @@ def _scored_emotions(
         if u.emotion not in shared:
             dropped[u.emotion] = dropped.get(u.emotion, 0) + 1
     return [u for u in utts if u.emotion in shared], shared, shared, dropped
+
+
+def _summary(
+    probs: np.ndarray, utts: Sequence[Utterance], eval_labels: list[str], model_labels: list[str]
+) -> dict[str, Any]:
+    """WA / UA / macro-F1 / ECE of ``probs`` (model columns) restricted to ``eval_labels``."""
+    if eval_labels != model_labels:
+        probs = probs[:, [model_labels.index(lab) for lab in eval_labels]]
+        probs = probs / np.clip(probs.sum(axis=1, keepdims=True), 1e-12, None)
+    y_true = [u.emotion for u in utts]
+    m = compute_metrics(y_true, [eval_labels[i] for i in probs.argmax(axis=1)], eval_labels)
+    true_idx = np.array([eval_labels.index(t) for t in y_true])
+    return {k: m[k] for k in ("wa", "ua", "macro_f1")} | {"ece": expected_calibration_error(probs, true_idx)}
 
 
 def predict_all(
