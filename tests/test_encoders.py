@@ -148,3 +148,51 @@ def test_encoder_net_bundle_round_trip_offline(
         source.with_name(source.name + "-gone").rename(source)
     torch.testing.assert_close(before, after)
     assert meta["model"]["encoder"]["kind"] == ("whisper" if kind == "whisper" else "hf")
+
+
+# ------------------------------------------------------------------ training, speaker normalisation
+
+
+def test_speaker_normalised_encoder_model_trains_predicts_and_round_trips(
+    tiny_whisper: Path, tmp_path: Path
+) -> None:
+    """fit (stats pooling + speaker head, calibrated), grouped vs lone predictions, bundle, Recognizer."""
+    from emovox.config import load_config
+    from emovox.corpora import load_corpus, load_waves
+    from emovox.fitting import fit
+    from emovox.predict import Recognizer
+    from test_training import by_speaker, make_corpus
+
+    utts = load_corpus(make_corpus(tmp_path / "corpus", per_emotion=3), "folder").utterances
+    waves = load_waves(utts, progress=False)[0]
+    cfg = load_config(None, [
+        "model.family=encoder", f"model.params.encoder={tiny_whisper}", "model.params.pooling=stats",
+        "model.params.head=linear", "model.params.speaker_norm=true", "train.batch_size=8", "train.lr=0.01",
+        "train.epochs=3", "train.patience=null", "data.trim_silence=false", "augment.time_masks=0",
+    ])  # fmt: skip
+    result = fit(
+        cfg, by_speaker(utts, 0, 1), by_speaker(utts, 2), tmp_path / "run", waves=waves, progress=False
+    )
+    clf = result.model
+    assert clf.groupable and (tmp_path / "run" / "speaker_head" / "summary.json").is_file()
+    assert float(clf.net.temperature) > 0 and float(clf.net.speaker_temperature) > 0
+    test = by_speaker(utts, 3)
+    clips = [waves[u.path] for u in test]
+    plain = clf.predict_proba(clips)
+    grouped = clf.predict_proba(clips, groups=["spk3"] * len(clips))
+    assert grouped.shape == plain.shape and np.allclose(grouped.sum(1), 1)
+    assert not np.allclose(grouped, plain)  # the speaker head answered
+    lone = clf.predict_proba(clips[:2], groups=["a", "b"])  # groups of one clip: the plain head
+    np.testing.assert_allclose(lone, plain[:2], atol=1e-6)
+
+    bundle = save_bundle(clf.net, tmp_path / "bundle", metrics={}, card=CARD, encoder_dtype="float32")
+    rec = Recognizer.load(bundle)
+    clf.cache = None  # the live front end, as the Recognizer runs it (the cache holds float16)
+    grouped = clf.predict_proba(clips, groups=["spk3"] * len(clips))
+    assert rec.speaker_normalized
+    names = [str(u.path) for u in test]
+    by_rec = rec.predict(names, normalize="speaker")
+    assert [p.emotion for p in by_rec] == [clf.labels[i] for i in grouped.argmax(1)]
+    np.testing.assert_allclose([p.confidence for p in by_rec], grouped.max(1), atol=1e-4)
+    with pytest.raises(EncoderError.__mro__[1], match="normalize"):
+        rec.predict(names, normalize="bogus")

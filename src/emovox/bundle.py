@@ -56,6 +56,8 @@ REQUIRED_FILES = (WEIGHTS_FILE, CONFIG_FILE, METRICS_FILE)
 
 #: The shipped default model, inside the installed package.
 DEFAULT_BUNDLE: Path = Path(str(resources.files("emovox").joinpath("assets", "default_model")))
+#: The shipped fast model (a small cnn1d on MFCCs, for latency-critical use), ``Recognizer.load("fast")``.
+FAST_BUNDLE: Path = Path(str(resources.files("emovox").joinpath("assets", "fast_model")))
 
 #: Audio preprocessing applied before the network, recorded in every bundle. Training passes
 #: the values it used; prediction applies the same ones so its outputs equal evaluation's.
@@ -438,8 +440,12 @@ def _scores(metrics: Mapping[str, Any]) -> str:
 
 
 def resolve_bundle(path: str | Path) -> Path:
-    """``"default"`` -> the shipped bundle; a run folder -> its ``model/`` bundle; anything else ->
-    that folder. Raises :class:`BundleError` if there is no bundle there."""
+    """``"default"`` / ``"fast"`` -> the shipped bundles; a run folder -> its ``model/`` bundle;
+    anything else -> that folder. Raises :class:`BundleError` if there is no bundle there."""
+    if str(path) == "fast":
+        if not (FAST_BUNDLE / CONFIG_FILE).is_file():
+            raise BundleError(f"the fast model is not installed (no bundle at {FAST_BUNDLE})")
+        return FAST_BUNDLE
     if str(path) == "default":
         if not (DEFAULT_BUNDLE / CONFIG_FILE).is_file():
             raise BundleError(
@@ -734,6 +740,7 @@ def update_config(bundle: Path, changes: Mapping[str, Any]) -> None:
 
 __all__ = [
     "DEFAULT_BUNDLE",
+    "FAST_BUNDLE",
     "FORMAT_VERSION",
     "ModelCard",
     "load_bundle",

@@ -785,6 +785,15 @@ def predict(
         int | None,
         typer.Option("--batch-size", min=1, help="With --ray: files per batch and part file (default 64)."),
     ] = None,
+    normalize: Annotated[
+        str | None,
+        typer.Option(
+            "--normalize",
+            help="speaker: all inputs are one speaker or session; folder: each folder is one speaker. "
+            "Standardises the model's statistics over each group (speaker-normalised models).",
+            show_default=False,
+        ),
+    ] = None,
     threads: Annotated[
         int | None,
         typer.Option(
@@ -847,6 +856,25 @@ def predict(
 
     failed = len(problems)
     rows: list[tuple[Any, list[Any] | None]] = []
+    if normalize is not None:
+        if timeline:
+            raise fail("--normalize and --timeline do not go together yet: normalise whole files")
+        try:
+            predictions = recognizer.predict([str(f) for f in files], normalize=normalize)
+        except EmovoxError as exc:
+            raise fail(str(exc)) from None
+        for prediction in predictions:
+            if as_json:
+                sys.stdout.write(_strict_json(_prediction_record(prediction, None)) + "\n")
+            rows.append((prediction, None))
+        if not as_json:
+            title = f"{Path(str(recognizer.meta['path'])).name} ({backend}, normalised per {normalize})"
+            for renderable in _prediction_tables(rows, title, k):
+                console.print(renderable, highlight=False)
+        if failed:
+            err_console.print(f"[yellow]{failed} input(s) skipped, {len(rows)} predicted[/]", highlight=False)
+            raise typer.Exit(1)
+        return
     progress = Progress(
         TextColumn("{task.description}"),
         BarColumn(),

@@ -241,14 +241,29 @@ class Recognizer:
     # ------------------------------------------------------------------ prediction
 
     def predict(
-        self, x: Input | list[Input], sr: int | None = None, top_k: int | None = None
+        self,
+        x: Input | list[Input],
+        sr: int | None = None,
+        top_k: int | None = None,
+        *,
+        normalize: str | None = None,
     ) -> Prediction | list[Prediction]:
         """Predict the emotion of one input, or of each input of a list (batched).
 
         ``sr`` is the sample rate of NumPy array inputs. Raises :class:`AudioError` naming the input
-        that cannot be used (for lists: the first one).
+        that cannot be used (for lists: the first one). ``normalize`` (speaker-normalised models,
+        torch backend): ``"speaker"`` when all inputs come from one speaker or session, ``"folder"``
+        to treat the files of each folder as one speaker; the model's statistics are then
+        standardised over each group of at least two clips (a lone clip keeps the plain model).
         """
         _check_top_k(top_k)
+        if normalize not in (None, "speaker", "folder"):
+            raise EmovoxError(f"normalize: expected 'speaker' or 'folder', got {normalize!r}")
+        if normalize is not None and not self.speaker_normalized:
+            raise EmovoxError(
+                f"{self.meta['path']}: this model has no speaker-normalised head (normalize={normalize!r}); "
+                "train one with model.params.speaker_norm: true (encoder family, pooling: stats)"
+            )
         items = x if isinstance(x, list) else [x]
         out: list[Prediction | None] = [None] * len(items)
         short: list[int] = []
@@ -268,6 +283,11 @@ class Recognizer:
             paths.append(path)
         names = [paths[j] or _name(items[i]) for j, i in enumerate(short)]
         probs = self._probabilities(waves, names)
+        if normalize is not None:
+            groups = [
+                "all" if normalize == "speaker" else str(Path(p).parent) if p else "<arrays>" for p in paths
+            ]
+            self._group_probabilities(waves, groups, probs)
         for j, i in enumerate(short):
             out[i] = self._prediction(probs[j], durations[j], paths[j], top_k)
         results = [p for p in out if p is not None]
@@ -416,6 +436,33 @@ class Recognizer:
                 )
             out[idx] = probs
         return out
+
+    @property
+    def speaker_normalized(self) -> bool:
+        """Whether ``predict(..., normalize=...)`` is available (a speaker-normalised model on torch)."""
+        return self.net is not None and bool(getattr(self.net, "speaker_norm", False))
+
+    def _group_probabilities(
+        self, waves: Sequence[np.ndarray], groups: Sequence[str], out: np.ndarray
+    ) -> None:
+        """Rows of ``out`` for groups of at least MIN_GROUP_CLIPS clips from the speaker head."""
+        import torch
+
+        from emovox.features import pad_batch
+        from emovox.models import MIN_GROUP_CLIPS
+
+        keys = np.asarray(groups)
+        with self._lock, torch.inference_mode(), _torch_threads(self.threads):
+            raw = []
+            for start in range(0, len(waves), self.batch_size):
+                wave, lengths = pad_batch(list(waves[start : start + self.batch_size]))
+                raw.append(self.net.raw_inputs(wave.to(self.device), lengths.to(self.device))[0])
+            x = torch.cat(raw)
+            for g in np.unique(keys):
+                idx = np.flatnonzero(keys == g)
+                if len(idx) >= MIN_GROUP_CLIPS:
+                    logits = self.net.speaker_logits(x[torch.from_numpy(idx)])
+                    out[idx] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
 
     def _run(self, batch: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         """One padded batch through the model -> probabilities."""
