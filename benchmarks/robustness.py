@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "benchmark": "robustness",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()} {platform.processor() or 'cpu'}, python {platform.python_version()}",
+        "machine": f"{platform.machine()}, python {platform.python_version()}",
         "per_fold": args.per_fold,
         "results": results,
     }
