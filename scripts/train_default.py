@@ -61,6 +61,17 @@ CITATION = (
 )
 
 
+ENCODER_LIMITS = (
+    "Trained on acted emotional speech of 20 North American actors reading two sentences in a "
+    "studio. Speaker normalisation (`--normalize speaker` / `folder`, several clips of one voice) is "
+    "what the headline scores use; a lone clip is scored by the plain head, which is markedly less "
+    "accurate (see the evaluation above). Accuracy on spontaneous speech, other languages, "
+    "telephone or noisy audio is lower: see BENCHMARKS.md (robustness) for what was measured. "
+    "Emotion labels are the actors' intended categories, not anyone's inner state. Do not use it "
+    "for high-stakes decisions about people (hiring, health, education, policing, credit, surveillance)."
+)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", choices=sorted(MODELS), default="default", help="which shipped model")
@@ -199,6 +210,7 @@ def _run(args: argparse.Namespace) -> int:
             + ("; the Whisper encoder weights are MIT-licensed" if net.family == "encoder" else "")
         ),
         citation=CITATION,
+        **({"limitations": ENCODER_LIMITS} if net.family == "encoder" else {}),
     )
     out = save_bundle(
         net,

@@ -323,7 +323,7 @@ categories: {labels}.
 | hyper-parameters | {params} |
 | features | {features_desc}, {sample_rate} Hz input |
 | preprocessing | trim silence: {trim}, minimum duration: {min_duration:g} s |
-| weights | `model.safetensors` (sha256 `{sha_short}`) |
+| weights | {weights_desc} |
 
 ## Training data
 
@@ -368,6 +368,14 @@ def _describe_features(family: str, features: Mapping[str, Any], params: Mapping
     names = ", ".join(sets) or "-"
     if family == "svm" and params.get("features") == "egemaps":
         return "eGeMAPS functionals (openSMILE, 88 values per clip)"
+    if family == "encoder":
+        layers = params.get("encoder_layers", "all")
+        what = f"hidden states {layers} of a frozen pretrained encoder (`{params.get('encoder', '?')}`)"
+        if params.get("pooling") == "stats":
+            what += ", per-layer mean and std over the clip"
+        if params.get("speaker_norm"):
+            what += "; a second head reads them standardised over a speaker's clips (normalize=speaker)"
+        return what
     if family in ("mlp", "svm"):
         stats = ", ".join(features.get("stats", [])) or "-"
         return f"{names}, pooled per clip ({stats})"
@@ -392,7 +400,11 @@ def render_card(config: Mapping[str, Any], metrics: Mapping[str, Any], card: Mod
         sample_rate=config["sample_rate"],
         trim="yes" if config["preprocessing"]["trim_silence"] else "no",
         min_duration=config["preprocessing"]["min_duration"],
-        sha_short=config["sha256"][WEIGHTS_FILE][:16],
+        weights_desc=", ".join(
+            f"`{name}` (sha256 `{config['sha256'][name][:16]}`)"
+            for name in (WEIGHTS_FILE, ENCODER_FILE)
+            if name in config["sha256"]
+        ),
         data=card.data,
         training_table=_table(training) if training else "",
         licence=card.licence.rstrip(".") + ".",
