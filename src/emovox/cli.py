@@ -418,8 +418,8 @@ def train(
 
     from emovox.config import load_config
     from emovox.errors import ConfigError
-    from emovox.fitting import FITTERS, TrainingInterrupted
-    from emovox.runs import is_global_zero, run_training, train_run_dir, training_split
+    from emovox.fitting import TrainingInterrupted
+    from emovox.runs import check_resume, is_global_zero, run_training, train_run_dir, training_split
 
     worker = not is_global_zero()  # a DDP worker process re-running this command line
     flags = {"devices": devices, "strategy": strategy, "precision": precision, "accelerator": accelerator}
@@ -434,10 +434,9 @@ def train(
             assert config is not None
             config_path = config
         cfg = load_config(config_path, extra)
-        if resume is not None and not FITTERS[cfg.model.family].resumable:
-            raise ConfigError(f"{resume}: {cfg.model.family} runs have no checkpoints to resume; train again")
         split = training_split(cfg, source=str(config_path))
         if resume is not None:
+            check_resume(cfg, split, resume)
             run_dir = resume
         elif worker and os.environ.get("EMOVOX_RUN_DIR"):
             run_dir = Path(os.environ["EMOVOX_RUN_DIR"])

@@ -168,6 +168,15 @@ def training_split(cfg: RunConfig, *, source: str = "config") -> TrainingSplit:
     )
 
 
+def check_resume(cfg: RunConfig, split: TrainingSplit, run_dir: str | Path) -> None:
+    """Before a resumed run loads audio: its ``last.ckpt`` can continue ``cfg`` on ``split``
+    (:func:`emovox.fitting.check_resumable`), and its family writes checkpoints at all."""
+    if not FITTERS[cfg.model.family].resumable:
+        raise ConfigError(f"{run_dir}: {cfg.model.family} runs have no checkpoints to resume; train again")
+    last = Path(run_dir) / fitting.CHECKPOINT_DIR / fitting.LAST_CHECKPOINT
+    fitting.check_resumable(last, cfg, fitting.label_set(split.train))
+
+
 def is_global_zero() -> bool:
     """False in the extra processes of a multi-process (DDP) run, which must not write results."""
     import os
