@@ -390,6 +390,30 @@ def test_cli_cv_kfold_and_leaky_flag(tmp_path: Path) -> None:
     assert bad.exit_code == 2 and "at least 9 speakers" in bad.output
 
 
+def test_cli_cv_epoch_lines_name_the_fold_and_count_from_one(tmp_path: Path) -> None:
+    """A neural cv run prints one epoch line per epoch and fold: labelled with the fold, counted
+    1..epochs as history.json counts them (not 0..epochs-1)."""
+    from typer.testing import CliRunner
+
+    from emovox.cli import app
+
+    data = make_corpus(tmp_path / "data", speakers=4, per_emotion=2)
+    cfg = tmp_path / "mlp.yaml"
+    cfg.write_text(
+        f"name: tiny\ndata: {{path: {data}, corpus: folder, trim_silence: false}}\n"
+        "model: {family: mlp, params: {hidden: [8]}}\nfeatures: {sets: [logmel], n_mels: 16}\n"
+        "train: {epochs: 2, batch_size: 8, threads: 1}\n"
+    )
+    result = CliRunner().invoke(app, ["cv", "-c", str(cfg), "--folds", "2", "-o", str(tmp_path / "cv")])
+    assert result.exit_code == 0, result.output
+    for fold in ("fold_01", "fold_02"):
+        assert re.search(rf"{fold} Epoch 1/2\b", result.output), result.output
+        assert re.search(rf"{fold} Epoch 2/2\b", result.output), result.output
+    assert "Epoch 0/" not in result.output
+    history = json.loads((tmp_path / "cv" / "fold_01" / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2]
+
+
 def test_cli_cv_without_validation(tmp_path: Path) -> None:
     """train.val_fraction=0: every training speaker fits, no validation speakers, report says so."""
     from typer.testing import CliRunner

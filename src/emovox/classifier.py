@@ -67,4 +67,5 @@ class FitFunction(Protocol):
         resume: bool,
         progress: bool,
         callbacks: Sequence[Any],
+        label: str | None,
     ) -> FitResult: ...

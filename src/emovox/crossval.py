@@ -175,13 +175,22 @@ def cross_validate(
             utts,
             waves,
             run_dir,
-            fit=fit if fit is not None else fitting.fit,
+            fit=fit if fit is not None else _labelled_fit(f"fold_{number:02d}"),
             shared_only=shared_only,
             allow_speaker_leak=allow_speaker_leak,
             progress=progress,
         )
         folds.append(fold)
     return _cv_result(folds, protocol, val_fraction, seed, shared_only, skipped)
+
+
+def _labelled_fit(label: str) -> Callable[..., FitResult]:
+    """:func:`emovox.fitting.fit` with its progress output labelled by the fold."""
+
+    def fit(*args: Any, **kwargs: Any) -> FitResult:
+        return fitting.fit(*args, label=label, **kwargs)
+
+    return fit
 
 
 @dataclass

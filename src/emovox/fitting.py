@@ -142,6 +142,7 @@ def fit(
     resume: bool = False,
     progress: bool = True,
     callbacks: Sequence[Any] = (),
+    label: str | None = None,
 ) -> FitResult:
     """Train ``cfg.model.family`` on ``train``, select on ``val``; write checkpoints and logs to ``run_dir``.
 
@@ -149,7 +150,8 @@ def fit(
     continues from ``run_dir/checkpoints/last.ckpt``. Utterances whose audio could not be loaded,
     and validation utterances of an emotion absent from training, are left out. Returns the model
     loaded from the best checkpoint (the last one when ``val`` is empty). ``callbacks`` are extra
-    Lightning callbacks (neural families only).
+    Lightning callbacks (neural families only); ``label`` names the run in progress output (e.g.
+    the cross-validation fold).
 
     Ctrl-C saves the training state to ``checkpoints/last.ckpt`` and raises
     :class:`TrainingInterrupted` (a ``KeyboardInterrupt``); ``resume=True`` continues from it.
@@ -173,7 +175,9 @@ def fit(
     val_waves, val_y = _gather(val, waves, labels)
     data = FitData(labels, train_waves, train_y, val_waves, val_y)
     with cpu_threads(cfg.train.threads):
-        return fitter.fit(cfg, data, run_dir, resume=resume, progress=progress, callbacks=callbacks)
+        return fitter.fit(
+            cfg, data, run_dir, resume=resume, progress=progress, callbacks=callbacks, label=label
+        )
 
 
 @contextlib.contextmanager
@@ -271,13 +275,14 @@ def _callbacks(
     *,
     validate: bool,
     progress: bool,
+    label: str | None,
     extra: Sequence[Any],
 ) -> tuple[list[Any], Any, Any]:
     """Lightning callbacks (checkpoints, resume state, early stopping, progress bar), the
     best-checkpoint one and the one that stops at the end of a batch on request (Ctrl-C)."""
-    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
-    from emovox.lightning_module import ResumeState, SaveOnInterrupt, StopRequest
+    from emovox.lightning_module import EpochBar, ResumeState, SaveOnInterrupt, StopRequest
 
     # last.ckpt after every epoch, for resuming (Lightning's save_last only refreshes it when a new
     # best is saved, which would make a resumed run repeat every epoch since the best one)
@@ -306,7 +311,7 @@ def _callbacks(
         if cfg.train.patience:
             callbacks.append(EarlyStopping(monitor="val_ua", mode="max", patience=cfg.train.patience))
     if progress:
-        callbacks.append(RichProgressBar(leave=True))
+        callbacks.append(EpochBar(label))
     return callbacks, best, stop
 
 
@@ -428,11 +433,13 @@ def fit_torch(
     resume: bool = False,
     progress: bool = True,
     callbacks: Sequence[Any] = (),
+    label: str | None = None,
 ) -> FitResult:
     """Train an :class:`EmotionNet` of ``cfg.model.family`` with Lightning (see the module docstring).
 
     ``resume`` continues ``checkpoints/last.ckpt`` as the same run: weights, optimiser, schedule,
     the position in the epoch's shuffled batches and the random state all come back from it.
+    ``label`` prefixes the progress bar's epoch line (e.g. the cross-validation fold).
     """
     import lightning as L
 
@@ -461,6 +468,7 @@ def fit_torch(
         train_loader,
         validate=val_loader is not None,
         progress=progress,
+        label=label,
         extra=callbacks,
     )
     # Lightning's CSV logger starts metrics.csv afresh: keep the rows from before an interruption

@@ -20,6 +20,7 @@ import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as nnf
+from lightning.pytorch.callbacks import RichProgressBar
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
@@ -297,3 +298,22 @@ class StopRequest(L.pytorch.Callback):
     ) -> None:
         if self.requested:
             raise KeyboardInterrupt
+
+
+class EpochBar(RichProgressBar):
+    """Lightning's rich progress bar, counting epochs from 1 like ``history.json`` and prefixed with
+    ``label`` (e.g. the cross-validation fold)."""
+
+    def __init__(self, label: str | None = None) -> None:
+        super().__init__(leave=True)
+        self.label = label
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        text = f"Epoch {current_epoch + 1}"
+        if self.trainer.max_epochs is not None and self.trainer.max_epochs > 0:
+            text += f"/{self.trainer.max_epochs}"
+        if self.label:
+            text = f"{self.label} {text}"
+        if len(self.validation_description) > len(text):
+            text = f"{text:{len(self.validation_description)}}"
+        return text
