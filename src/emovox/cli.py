@@ -313,7 +313,7 @@ def cv(
         )
         if leaky_random_split:
             err_console.print(f"[bold yellow]warning:[/] --leaky-random-split: {LEAK_WARNING}")
-        run_dir = new_run_dir(out, f"cv-{cfg.name or cfg.model.family}")
+        run_dir = new_run_dir(out, f"cv-{cfg.name or cfg.model.family}", kind="cv")
         res, report = run_cv(cfg, plan, run_dir)
     except EmovoxError as exc:
         raise fail(str(exc)) from None

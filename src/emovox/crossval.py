@@ -25,6 +25,7 @@ from emovox.errors import ConfigError, CorpusError, EmovoxError
 from emovox.jsonutil import jsonable
 from emovox.metrics import METRIC_NAMES, compute_metrics, mean_std
 from emovox.reports import LEAK_WARNING, write_report
+from emovox.runs import mark_run_dir
 from emovox.scoring import evaluate_model, ordered_labels, without_predictions
 
 
@@ -110,6 +111,7 @@ def run_cv(
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    mark_run_dir(run_dir, "cv")
     cfg.dump(run_dir / "config.yaml")
     res = cross_validate(
         cfg,

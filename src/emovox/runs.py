@@ -9,6 +9,8 @@ reports; nothing below imports it.
 
 from __future__ import annotations
 
+import json
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,13 +35,85 @@ BUNDLE_DIR = "model"  # the run folder's bundle (docs/architecture.md, run direc
 # --------------------------------------------------------------------------- run folders
 
 
-def new_run_dir(out: str | Path | None, name: str, *, parent: str | Path = "runs") -> Path:
-    """``out`` if given, else ``<parent>/<name>-<YYYYmmdd-HHMMSS>/`` (the run-directory contract); created."""
+RUN_MARKER = ".emovox-run"
+"""A JSON file (``{"kind", "emovox_version"}``) that marks a folder as an emovox run folder."""
+_RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def check_run_name(name: str) -> str:
+    """``name`` if it can name a run folder: letters, digits, ``.``, ``_``, ``-`` (no path separators,
+    no ``..``, at most 100 characters); else a :class:`ConfigError`."""
+    if not _RUN_NAME.fullmatch(name) or ".." in name:
+        raise ConfigError(
+            f"name: {name!r} cannot name a run folder (use letters, digits, '.', '_' and '-'; "
+            "no '/' or '..'); pass --out to choose the folder itself"
+        )
+    return name
+
+
+def is_run_dir(path: str | Path) -> bool:
+    """Whether ``path`` is a folder emovox wrote a run into (its marker, or, for runs from before
+    the marker, both ``report.md`` and ``metrics.json``)."""
+    path = Path(path)
+    return (path / RUN_MARKER).is_file() or (
+        (path / "report.md").is_file() and (path / "metrics.json").is_file()
+    )
+
+
+def check_out_dir(out: str | Path, kind: str) -> Path:
+    """Refuse an ``--out`` that would overwrite something that is not an emovox run: a file, or a
+    folder that is neither empty nor a run folder (nor one of another kind of run)."""
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{path}: is a file, not a folder; --out needs a new, empty or run folder")
+    if not path.is_dir() or not any(path.iterdir()):
+        return path
+    if not is_run_dir(path):
+        shown = ", ".join(sorted(p.name for p in path.iterdir())[:3])
+        raise ConfigError(
+            f"{path}: exists and is not an emovox run folder (it holds {shown}, ...); choose a new or "
+            "empty folder for --out, so that nothing in it is overwritten"
+        )
+    marker = path / RUN_MARKER
+    found = _marker_kind(marker) if marker.is_file() else None
+    if found is not None and found != kind:
+        raise ConfigError(f"{path}: holds an emovox {found} run, not a {kind} run; choose another --out")
+    return path
+
+
+def _marker_kind(marker: Path) -> str | None:
+    try:
+        return str(json.loads(marker.read_text()).get("kind"))
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def new_run_dir(
+    out: str | Path | None, name: str, *, kind: str = "evaluate", parent: str | Path = "runs"
+) -> Path:
+    """``out`` if given, else ``<parent>/<name>-<YYYYmmdd-HHMMSS>/`` (the run-directory contract):
+    checked (:func:`check_run_name`, :func:`check_out_dir`), created and marked as a ``kind`` run."""
     from datetime import datetime
 
-    path = Path(out) if out is not None else Path(parent) / f"{name}-{datetime.now():%Y%m%d-%H%M%S}"
-    path.mkdir(parents=True, exist_ok=True)
+    if out is None:
+        path = Path(parent) / f"{check_run_name(name)}-{datetime.now():%Y%m%d-%H%M%S}"
+    else:
+        path = check_out_dir(out, kind)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot create the run folder ({exc.strerror or exc})") from None
+    mark_run_dir(path, kind)
     return path
+
+
+def mark_run_dir(path: str | Path, kind: str) -> None:
+    """Write the run marker into ``path`` (unless there is one already)."""
+    from emovox._version import __version__
+
+    marker = Path(path) / RUN_MARKER
+    if not marker.is_file():
+        marker.write_text(json.dumps({"kind": kind, "emovox_version": __version__}) + "\n")
 
 
 def train_run_dir(cfg: RunConfig, out: str | Path | None) -> Path:
@@ -47,16 +121,12 @@ def train_run_dir(cfg: RunConfig, out: str | Path | None) -> Path:
 
     A folder that already holds a training run (checkpoints) is refused: continue it with ``--resume``.
     """
-    from datetime import datetime
-
-    name = cfg.name or cfg.model.family
-    target = Path(out) if out is not None else Path(cfg.out) / f"{name}-{datetime.now():%Y%m%d-%H%M%S}"
-    if any((target / fitting.CHECKPOINT_DIR).glob("*.ckpt")):
+    name = check_run_name(cfg.name or cfg.model.family)
+    if out is not None and any((Path(out) / fitting.CHECKPOINT_DIR).glob("*.ckpt")):
         raise ConfigError(
-            f"{target}: already holds a training run; continue it with --resume {target} "
-            "or choose another --out"
+            f"{out}: already holds a training run; continue it with --resume {out} or choose another --out"
         )
-    return new_run_dir(target, name)
+    return new_run_dir(out, name, kind="train", parent=cfg.out)
 
 
 # --------------------------------------------------------------------------- emovox train
@@ -248,6 +318,7 @@ def _run_training(
     run_dir.mkdir(parents=True, exist_ok=True)
     split = split if split is not None else training_split(cfg, source=source)
     if is_global_zero():
+        mark_run_dir(run_dir, "train")
         cfg.dump(run_dir / "config.yaml")
     min_duration = float(DEFAULT_PREPROCESSING["min_duration"])
     waves, skipped = load_waves(
@@ -462,12 +533,14 @@ def run_evaluation(
     """
     from emovox.bundle import read_meta
 
-    read_meta(resolve_model_path(model))  # a bad model fails before the corpus is scanned
+    read_meta(resolve_model_path(model))  # a bad model or --out fails before the corpus is scanned
+    if out is not None:
+        check_out_dir(out, "evaluate")
     utts = load_corpus(data_path, corpus).utterances
     if speakers:
         utts = [utts[i] for i in sp.holdout_speakers(utts, list(speakers)).test]
     metrics = evaluate_bundle(model, utts, shared_only=shared_only, device=device, progress=progress)
-    run_dir = new_run_dir(out, "eval")
+    run_dir = new_run_dir(out, "eval", kind="evaluate")
     title = f"Evaluation of {metrics['model']['path']} on {data_path}"
     return metrics, write_report(run_dir, metrics, title=title, data_utts=utts)
 

@@ -1,0 +1,104 @@
+"""Run folders: names that cannot escape runs/, --out that never overwrites what is not a run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+from typer.testing import CliRunner
+
+from conftest import synth_speech
+from emovox.cli import app
+from emovox.config import load_config
+from emovox.errors import ConfigError
+from emovox.runs import RUN_MARKER, check_run_name, new_run_dir, train_run_dir
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("corpus")
+    for s in range(3):
+        for k, emotion in enumerate(("neutral", "happy", "angry")):
+            folder = root / f"spk{s}" / emotion
+            folder.mkdir(parents=True)
+            sf.write(folder / "00.wav", synth_speech(0.3, 16_000, f0=110.0 * (k + 1), seed=s), 16_000)
+    return root
+
+
+@pytest.fixture(scope="module")
+def config(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("config") / "svm.yaml"
+    path.write_text(
+        f"data: {{path: {corpus}, corpus: folder}}\n"
+        "model: {family: svm, params: {features: stats, C: 1.0}}\nsplit: {protocol: none}\n"
+    )
+    return path
+
+
+def _one_error_line(args: list[str]) -> str:
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1, result.output
+    return result.output
+
+
+@pytest.mark.parametrize("name", ["../../escaped_run", "a/b", "..", "/abs", ".hidden", "x" * 101, ""])
+def test_run_names_that_are_not_one_folder_name_are_refused(name: str) -> None:
+    with pytest.raises(ConfigError, match="cannot name a run folder"):
+        check_run_name(name)
+
+
+def test_cli_train_name_cannot_create_a_folder_outside_runs(
+    config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    work = tmp_path / "a" / "b"
+    work.mkdir(parents=True)
+    monkeypatch.chdir(work)
+    out = _one_error_line(["train", "-c", str(config), "name=../../escaped_run"])
+    assert "cannot name a run folder" in out
+    assert not list(tmp_path.rglob("escaped_run*")) and not (work / "runs").exists()
+    cfg = load_config(None, ["name=../../escaped_run"])
+    with pytest.raises(ConfigError, match="cannot name a run folder"):
+        train_run_dir(cfg, None)
+
+
+def test_out_at_a_file_or_a_folder_that_is_not_a_run_is_refused(
+    config: Path, corpus: Path, tmp_path: Path
+) -> None:
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine")
+    out = _one_error_line(["train", "-c", str(config), "-o", str(a_file)])
+    assert "is a file, not a folder" in out and a_file.read_text() == "mine"
+
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "report.md").write_text("my own report")
+    out = _one_error_line(["train", "-c", str(config), "-o", str(project)])
+    assert "is not an emovox run folder" in out
+    assert (project / "report.md").read_text() == "my own report"
+    assert sorted(p.name for p in project.iterdir()) == ["report.md"]
+
+    # evaluate checks --out before scanning the corpus or loading audio
+    out = _one_error_line(["evaluate", str(corpus), "-o", str(a_file)])
+    assert "is a file, not a folder" in out
+    out = _one_error_line(["evaluate", str(corpus), "-o", str(project)])
+    assert "is not an emovox run folder" in out and (project / "report.md").read_text() == "my own report"
+
+
+def test_out_may_be_new_empty_or_an_earlier_run_of_the_same_kind(tmp_path: Path) -> None:
+    fresh = new_run_dir(tmp_path / "new" / "run", "eval", kind="evaluate")
+    assert (fresh / RUN_MARKER).is_file()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert new_run_dir(empty, "eval", kind="evaluate") == empty
+    assert new_run_dir(fresh, "eval", kind="evaluate") == fresh  # evaluate again into it
+    with pytest.raises(ConfigError, match="holds an emovox evaluate run, not a cv run"):
+        new_run_dir(fresh, "cv", kind="cv")
+    legacy = tmp_path / "legacy"  # a run folder written before the marker existed
+    legacy.mkdir()
+    (legacy / "report.md").write_text("# run")
+    (legacy / "metrics.json").write_text("{}")
+    assert new_run_dir(legacy, "eval", kind="evaluate") == legacy
+    default = new_run_dir(None, "eval", kind="evaluate", parent=tmp_path / "runs")
+    assert default.parent == tmp_path / "runs" and default.name.startswith("eval-")
