@@ -306,10 +306,68 @@ def test_cli_evaluate_writes_run_dir(tiny_bundle: Path, tmp_path: Path) -> None:
     assert all(p.is_file() for p in _image_links(out / "report.md"))
 
     held_out = CliRunner().invoke(
-        app, ["evaluate", "-m", str(tiny_bundle), str(data), "-s", "spk1,spk2", "-o", str(tmp_path / "r2")]
+        app,
+        [
+            "evaluate",
+            "-m",
+            str(tiny_bundle),
+            str(data),
+            "-s",
+            "spk1,spk2",
+            "-o",
+            str(tmp_path / "r2"),
+            "--no-plots",
+        ],
     )
     assert held_out.exit_code == 0, held_out.output
     assert json.loads((tmp_path / "r2" / "metrics.json").read_text())["speaker_leak"] is False
+    assert "![" not in (tmp_path / "r2" / "report.md").read_text()
+
+
+def test_evaluate_decodes_each_clip_once_reports_its_stages_and_can_skip_figures(
+    tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """emovox evaluate used to decode the data twice (scoring, then the report's data figures) and
+    compute each figure clip's features one at a time while the bar still said "predicting"."""
+    import emovox.corpora
+    import emovox.reports
+    from emovox.progress import progress_bar
+    from emovox.runs import run_evaluation
+
+    data = make_corpus(tmp_path / "data", speakers=3, per_emotion=2)
+    decoded: list[Path] = []
+    real_iter_load = emovox.corpora.iter_load
+
+    def counting(paths: Any, **kwargs: Any) -> Any:
+        paths = list(paths)
+        decoded.extend(Path(p) for p in paths)
+        return real_iter_load(paths, **kwargs)
+
+    stages: list[str] = []
+
+    def recording_bar(**kwargs: Any) -> Any:
+        bar = progress_bar(**kwargs)
+        real_update = bar.update
+
+        def update(task: Any, **kw: Any) -> None:
+            if "description" in kw:
+                stages.append(kw["description"])
+            real_update(task, **kw)
+
+        bar.update = update  # type: ignore[method-assign]
+        return bar
+
+    monkeypatch.setattr(emovox.corpora, "iter_load", counting)
+    monkeypatch.setattr(emovox.reports, "progress_bar", recording_bar)
+    metrics, report = run_evaluation(tiny_bundle, data, out=tmp_path / "run", progress=True)
+    assert metrics["n"] == 18 and len(decoded) == len(set(decoded)) == 18
+    assert {"report: confusion matrix", "report: per-emotion feature distributions"} <= set(stages)
+    assert (tmp_path / "run" / "plots" / "feature_distributions.png").is_file()
+
+    _, bare = run_evaluation(tiny_bundle, data, out=tmp_path / "bare", plots=False, progress=False)
+    text = bare.read_text()
+    assert "![" not in text and not (tmp_path / "bare" / "plots").exists()
+    assert "| UA |" in text and "## Data" in text
 
 
 def test_cli_evaluate_errors_are_one_line(tiny_bundle: Path, tmp_path: Path) -> None:

@@ -94,3 +94,17 @@ def test_data_plots(tmp_path: Path) -> None:
     d = plots.utterance_descriptors(waves[utts[3].path])  # angry at 260 Hz
     assert d["mean F0 (Hz)"] == pytest.approx(260, rel=0.1)
     assert d["duration (s)"] == pytest.approx(0.8)
+
+
+def test_frame_features_many_matches_one_by_one_and_uses_the_cache(tmp_path: Path) -> None:
+    from emovox.cache import FeatureCache, feature_key
+
+    waves = [synth_speech(s, f0=f) for s, f in ((0.6, 120.0), (1.1, 240.0), (0.9, 180.0))]
+    many = plots.frame_features_many(waves)
+    for wave, feats in zip(waves, many, strict=True):
+        single = plots.frame_features(wave)
+        for name, values in single.items():
+            np.testing.assert_allclose(feats[name], values, rtol=1e-4, atol=1e-3)
+    cache = FeatureCache()
+    params = feature_key(plots._extractor().cfg)
+    assert all(cache.get(cache.key([np.asarray(w, dtype=np.float32), params])) is not None for w in waves)

@@ -225,6 +225,13 @@ def evaluate(
         Path | None, typer.Option("--out", "-o", help="Run folder (default runs/eval-<time>/).")
     ] = None,
     device: Annotated[str, typer.Option("--device", help="torch device: cpu, cuda, cuda:1, mps.")] = "cpu",
+    plots: Annotated[
+        bool,
+        typer.Option(
+            "--plots/--no-plots",
+            help="Draw the report's figures (confusion, per speaker, examples, feature distributions).",
+        ),
+    ] = True,
 ) -> None:
     """Evaluate a saved model on a labelled test set: metrics.json, report.md, plots, predictions.csv."""
     from emovox.runs import run_evaluation
@@ -238,6 +245,7 @@ def evaluate(
             shared_only=shared_emotions,
             device=device,
             out=out,
+            plots=plots,
         )
     except EmovoxError as exc:
         raise fail(str(exc)) from None

@@ -524,31 +524,44 @@ def run_evaluation(
     shared_only: bool = False,
     device: str = "cpu",
     out: str | Path | None = None,
+    plots: bool = True,
     progress: bool = True,
 ) -> tuple[dict[str, Any], Path]:
     """Everything ``emovox evaluate`` does: score a saved model on a labelled corpus (optionally only
-    ``speakers``) into a run folder (``out``, else ``runs/eval-<time>/``).
+    ``speakers``) into a run folder (``out``, else ``runs/eval-<time>/``). Each clip is decoded once,
+    for scoring and for the report's data figures; ``plots=False`` leaves the figures out.
 
     Returns ``(metrics, report.md)``.
     """
     from emovox.bundle import read_meta
 
-    read_meta(resolve_model_path(model))  # a bad model or --out fails before the corpus is scanned
+    meta = read_meta(resolve_model_path(model))  # a bad model or --out fails before the corpus is scanned
     if out is not None:
         check_out_dir(out, "evaluate")
     utts = load_corpus(data_path, corpus).utterances
     if speakers:
         utts = [utts[i] for i in sp.holdout_speakers(utts, list(speakers)).test]
-    metrics = evaluate_bundle(model, utts, shared_only=shared_only, device=device, progress=progress)
+    prep = meta["preprocessing"]
+    waves, skipped = load_waves(
+        utts, trim=bool(prep["trim_silence"]), min_duration=float(prep["min_duration"]), progress=progress
+    )
+    metrics = evaluate_bundle(
+        model, utts, waves=waves, shared_only=shared_only, device=device, progress=progress
+    )
+    metrics["skipped"] = [{"path": str(p), "reason": r} for p, r in skipped]
     run_dir = new_run_dir(out, "eval", kind="evaluate")
     title = f"Evaluation of {metrics['model']['path']} on {data_path}"
-    return metrics, write_report(run_dir, metrics, title=title, data_utts=utts)
+    report = write_report(
+        run_dir, metrics, title=title, data_utts=utts, waves=waves, plots=plots, progress=progress
+    )
+    return metrics, report
 
 
 def evaluate_bundle(
     model: str | Path,
     utts: Sequence[Utterance],
     *,
+    waves: Mapping[Path, np.ndarray] | None = None,
     shared_only: bool = False,
     device: str = "cpu",
     progress: bool = True,
@@ -556,15 +569,26 @@ def evaluate_bundle(
     """Evaluate a saved model (bundle folder, run folder or ``"default"``) on ``utts``.
 
     Audio is loaded with the bundle's recorded preprocessing (silence trimming, minimum duration),
-    exactly as in training. When the bundle records its training speakers, any test speaker among
-    them is listed under ``leaked_speakers`` and the result is flagged ``speaker_leak``, because
-    such a score is not speaker-independent.
+    exactly as in training, unless ``waves`` (path -> waveform, loaded that way) has it; utterances
+    missing from ``waves`` are then left out (they could not be loaded). When the bundle records
+    its training speakers, any test speaker among them is listed under ``leaked_speakers`` and the
+    result is flagged ``speaker_leak``, because such a score is not speaker-independent.
     """
     from emovox.predict import Recognizer
 
     rec = Recognizer.load(resolve_model_path(model), device=device)
+    if waves is not None:
+        utts = [u for u in utts if u.path in waves]
+        if not utts:
+            raise CorpusError("none of the test files could be loaded")
     metrics = evaluate_model(
-        rec, utts, shared_only=shared_only, trim=rec.trim, min_duration=rec.min_duration, progress=progress
+        rec,
+        utts,
+        waves,
+        shared_only=shared_only,
+        trim=rec.trim,
+        min_duration=rec.min_duration,
+        progress=progress,
     )
     trained_on = _training_speakers(rec.meta)
     leaked = sorted(set(metrics["per_speaker"]) & trained_on) if trained_on is not None else []
