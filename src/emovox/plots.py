@@ -266,6 +266,14 @@ def frame_features_many(
     return [_named_blocks(x) for x in cached_features(list(waves), _extractor(), progress=progress)]
 
 
+def mfcc_for_display(mfcc: np.ndarray) -> np.ndarray:
+    """MFCCs 1.. (c0, the log energy, dropped) each standardised over time, for an image whose colour
+    shows the spectral shape; raw, c0 alone spans the colour scale and the rest is one flat colour."""
+    rest = np.asarray(mfcc[1:], dtype=np.float64)
+    std = rest.std(axis=1, keepdims=True)
+    return (rest - rest.mean(axis=1, keepdims=True)) / np.where(std > 0, std, 1.0)
+
+
 def _envelope(wave: np.ndarray, sr: int, points: int = 1500) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(time, min, max)`` of ``wave`` over ``points`` equal stretches: what a waveform plot shows at
     report size, drawn far faster than every sample."""
@@ -287,7 +295,8 @@ def plot_examples(
     sr: int = SAMPLE_RATE,
     progress: bool = False,
 ) -> Path:
-    """One example per emotion: waveform, log-mel spectrogram and MFCCs, one row per emotion."""
+    """One example per emotion: waveform, log-mel spectrogram and MFCCs 1.. (per coefficient
+    standardised, see :func:`mfcc_for_display`), one row per emotion."""
     examples = _one_per_emotion(utts, waves)
     if not examples:
         raise ValueError("no utterance with loaded audio to plot")
@@ -300,20 +309,26 @@ def plot_examples(
         row[0].fill_between(t, low, high, linewidth=0.4, color="#4c72b0")
         row[0].set_xlim(0, max(wave.size / sr, 1 / sr))
         row[0].set_ylabel(u.emotion, fontsize=11, fontweight="bold")
-        logmel, mfcc = feats["logmel"], feats["mfcc"]
+        logmel, mfcc = feats["logmel"], mfcc_for_display(feats["mfcc"])
         extent = (0, logmel.shape[1] * hop / sr)
         row[1].imshow(
             logmel, origin="lower", aspect="auto", cmap="magma", extent=(*extent, 0, logmel.shape[0])
         )
         row[2].imshow(
-            mfcc, origin="lower", aspect="auto", cmap="coolwarm", extent=(*extent, 0, mfcc.shape[0])
+            mfcc,
+            origin="lower",
+            aspect="auto",
+            cmap="coolwarm",
+            vmin=-3,
+            vmax=3,
+            extent=(*extent, 1, mfcc.shape[0] + 1),
         )
         row[1].set_ylabel("mel band", fontsize=8)
         row[2].set_ylabel("MFCC", fontsize=8)
         row[0].text(
             0.01, 0.97, f"{Path(u.path).name} ({u.speaker})", transform=row[0].transAxes, fontsize=7, va="top"
         )
-    titles = ("waveform", "log-mel spectrogram (dB)", "MFCC")
+    titles = ("waveform", "log-mel spectrogram (dB)", "MFCC 1.. (each standardised over time)")
     for ax, name in zip(axes[0], titles, strict=True):
         ax.set_title(name, fontsize=10)
     for ax in axes[-1]:
