@@ -324,6 +324,48 @@ def test_cli_evaluate_writes_run_dir(tiny_bundle: Path, tmp_path: Path) -> None:
     assert "![" not in (tmp_path / "r2" / "report.md").read_text()
 
 
+def test_confusion_plots_say_test_or_validation_and_show_the_score(
+    corpus_utts: list[Utterance], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from emovox import plots
+
+    titles: dict[str, str | None] = {}
+    real = plots.plot_confusion
+
+    def record(confusion: Any, labels: Any, out: Path, *, title: str | None = None) -> Path:
+        titles[Path(out).name] = title
+        return real(confusion, labels, out, title=title)
+
+    monkeypatch.setattr(plots, "plot_confusion", record)
+    m = evaluate_model(PitchClassifier(list(PITCH)), corpus_utts, progress=False)
+    write_report(tmp_path / "eval", m)
+    assert (
+        titles["confusion.png"]
+        == f"test: UA {m['ua']:.3f}, WA {m['wa']:.3f}, macro-F1 {m['macro_f1']:.3f} (36 clips)"
+    )
+    train = {**m, "kind": "train", "validation": dict(m, n=12), "training": _training_record()}
+    write_report(tmp_path / "train", train)
+    assert titles["confusion_validation.png"].startswith("validation (chose the checkpoint): UA 1.000")
+
+
+def _training_record() -> dict[str, Any]:
+    return {
+        "train_speakers": ["a"],
+        "val_speakers": ["b"],
+        "test_speakers": ["c"],
+        "validation": "speakers",
+        "n_train": 1,
+        "n_val": 1,
+        "n_test": 1,
+        "epochs": 1,
+        "train_seconds": 1.0,
+        "best_val_ua": 1.0,
+        "checkpoint": None,
+        "bundle": None,
+        "family": "svm",
+    }
+
+
 def test_evaluate_decodes_each_clip_once_reports_its_stages_and_can_skip_figures(
     tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
