@@ -102,3 +102,45 @@ def test_out_may_be_new_empty_or_an_earlier_run_of_the_same_kind(tmp_path: Path)
     assert new_run_dir(legacy, "eval", kind="evaluate") == legacy
     default = new_run_dir(None, "eval", kind="evaluate", parent=tmp_path / "runs")
     assert default.parent == tmp_path / "runs" and default.name.startswith("eval-")
+
+
+# --------------------------------------------------------------------------- speaker leakage
+
+
+def test_leak_check_uses_speaker_lists_and_is_honest_about_counts() -> None:
+    from emovox.bundle import read_meta
+    from emovox.runs import leak_check
+
+    listed = {"training": {"speakers": ["ravdess:01", "ravdess:02"]}}
+    assert leak_check(listed, ["ravdess:02", "ravdess:03"])["leaked"] == ["ravdess:02"]
+    assert leak_check(listed, ["ravdess:03"])["status"] == "clean"
+
+    default = read_meta("default")  # records a count (16) and its validation speakers as a string
+    assert default["training"]["speakers"] == 16
+    unknown = leak_check(default, ["ravdess:17", "ravdess:18"])
+    assert unknown["status"] == "unknown" and unknown["training_speaker_count"] == 16
+    assert "only how many speakers it was trained on (16)" in unknown["reason"]
+    found = leak_check(default, ["ravdess:05", "ravdess:17"])
+    assert found["status"] == "leak" and found["leaked"] == ["ravdess:05"]  # a validation speaker
+    assert leak_check(default, ["tess:OAF"])["status"] == "clean"  # another corpus: no shared speaker
+    assert leak_check(default, ["folder:spk1"])["status"] == "unknown"  # ids that are not global
+    assert leak_check({}, ["ravdess:01"])["status"] == "unknown"
+
+
+def test_cli_evaluate_default_model_warns_that_leakage_cannot_be_ruled_out(tmp_path: Path) -> None:
+    """The shipped model records only a speaker count: evaluating it on RAVDESS actors it may have
+    trained on must say so in the terminal, not only in report.md."""
+    data = tmp_path / "ravdess"
+    for actor in (17, 18):
+        folder = data / f"Actor_{actor}"
+        folder.mkdir(parents=True)
+        for code, f0 in (("01", 110.0), ("03", 220.0), ("05", 330.0)):
+            name = f"03-01-{code}-01-01-01-{actor}.wav"
+            sf.write(folder / name, synth_speech(0.8, 16_000, f0=f0, seed=actor), 16_000)
+    result = CliRunner().invoke(
+        app, ["evaluate", str(data), "--speakers", "17,18", "-o", str(tmp_path / "run"), "--no-plots"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "speaker leakage cannot be ruled out" in " ".join(result.output.split())
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "leakage cannot be ruled out" in report and "(16), not which" in report

@@ -257,6 +257,13 @@ def evaluate(
             f"[bold yellow]warning:[/] test speaker(s) {', '.join(metrics['leaked_speakers'])} were in the "
             "model's training data; this score is not speaker-independent"
         )
+    elif metrics["leak_check"]["status"] == "unknown":
+        err_console.print(
+            f"[bold yellow]warning:[/] {metrics['leak_check']['reason']}: speaker leakage cannot be ruled "
+            "out; make sure none of the test speakers was used to train it",
+            highlight=False,
+            soft_wrap=True,
+        )
     if metrics["skipped"]:
         err_console.print(f"[yellow]{len(metrics['skipped'])} file(s) skipped (see {report})[/]")
     console.print(_scores_table(f"{Path(str(metrics['model']['path'])).name} on {data_path}", metrics))

@@ -293,19 +293,21 @@ def _evaluation_protocol(metrics: Mapping[str, Any]) -> Lines:
         f"labels {', '.join(model['labels'])}.",
         "",
     ]
-    if model.get("training_speakers") is None:
-        lines += [
-            "The bundle does not record its training speakers, so speaker independence "
-            "could not be checked: make sure none of the test speakers was used in training.",
-            "",
-        ]
-    elif metrics.get("leaked_speakers"):
-        lines += [
-            f"Test speakers also in the model's training data: **{', '.join(metrics['leaked_speakers'])}**.",
-            "",
-        ]
-    else:
+    check = metrics.get("leak_check") or {}
+    if metrics.get("leaked_speakers"):
+        leaked = ", ".join(metrics["leaked_speakers"])
+        lines += [f"Test speakers also in the model's training data: **{leaked}**.", ""]
+    elif model.get("training_speakers") is not None:
         lines += ["None of the test speakers is among the model's training speakers.", ""]
+    elif check.get("status") == "clean":
+        lines += [f"Speaker independence: {check['reason']}.", ""]
+    else:
+        reason = check.get("reason") or "the bundle does not record its training speakers"
+        lines += [
+            f"{reason[0].upper()}{reason[1:]}, so speaker independence could not be checked: "
+            "leakage cannot be ruled out; make sure none of the test speakers was used in training.",
+            "",
+        ]
     return lines
 
 

@@ -505,14 +505,61 @@ def resolve_model_path(model: str | Path) -> str | Path:
     return path
 
 
-def _training_speakers(meta: Mapping[str, Any]) -> set[str] | None:
-    """The speakers a bundle was trained on, when its ``training`` summary records them."""
-    speakers = (meta.get("training") or {}).get("speakers")
-    if isinstance(speakers, Mapping):
-        return {str(s) for s in speakers}
-    if isinstance(speakers, list):
-        return {str(s) for s in speakers}
+def _speaker_set(value: Any) -> set[str] | None:
+    """Speaker ids recorded as a list / mapping (or a comma-separated string); None otherwise."""
+    if isinstance(value, (Mapping, list, tuple)):
+        return {str(s) for s in value}
+    if isinstance(value, str) and value.strip():
+        return {s.strip() for s in value.split(",") if s.strip()}
     return None
+
+
+# corpora whose speaker ids are not global: "folder:spk1" could be anyone
+_LOCAL_SPEAKER_IDS = {"folder", "manifest", "unknown"}
+
+
+def leak_check(meta: Mapping[str, Any], test_speakers: Sequence[str]) -> dict[str, Any]:
+    """Were any of ``test_speakers`` among the speakers the bundle (``meta``) was trained on?
+
+    Returns ``{"status": "leak" | "clean" | "unknown", "leaked": [...], "reason": str,
+    "training_speakers": [...] | None, "training_speaker_count": int | None}``. Bundles written by
+    ``emovox train`` record every speaker id they saw; an older bundle may record only a count
+    (the shipped default model: 16), so that leakage can be ruled out only when the test speakers
+    come from a corpus the model was not trained on.
+    """
+    training = meta.get("training") or {}
+    tested = set(test_speakers)
+    recorded = training.get("speakers")
+    known = _speaker_set(recorded)
+    count = int(recorded) if isinstance(recorded, int) and not isinstance(recorded, bool) else None
+    out: dict[str, Any] = {"training_speakers": None, "training_speaker_count": count}
+    if known is not None:
+        leaked = sorted(tested & known)
+        out.update(training_speakers=sorted(known), training_speaker_count=len(known), leaked=leaked)
+        reason = "the bundle records its training speakers"
+        return {**out, "status": "leak" if leaked else "clean", "reason": reason}
+    partial: set[str] = set()
+    for key in ("train_speakers", "val_speakers", "validation speakers"):
+        partial |= _speaker_set(training.get(key)) or set()
+    if tested & partial:
+        reason = "some of the model's training / validation speakers are recorded"
+        return {**out, "status": "leak", "leaked": sorted(tested & partial), "reason": reason}
+    what = (
+        f"the model records only how many speakers it was trained on ({count}), not which"
+        if count is not None
+        else "the model does not record which speakers it was trained on"
+    )
+    corpora = training.get("corpora")
+    prefixes = {s.split(":", 1)[0] for s in tested}
+    if (
+        isinstance(corpora, list)
+        and corpora
+        and all(isinstance(c, str) for c in corpora)
+        and not prefixes & (set(corpora) | _LOCAL_SPEAKER_IDS)
+    ):
+        reason = f"{what}, but it was trained on {', '.join(corpora)} and the test speakers are not"
+        return {**out, "status": "clean", "leaked": [], "reason": reason}
+    return {**out, "status": "unknown", "leaked": [], "reason": what}
 
 
 def run_evaluation(
@@ -540,7 +587,7 @@ def run_evaluation(
         check_out_dir(out, "evaluate")
     utts = load_corpus(data_path, corpus).utterances
     if speakers:
-        utts = [utts[i] for i in sp.holdout_speakers(utts, list(speakers)).test]
+        utts = sp.select_speakers(utts, speakers)  # every speaker of the corpus may be a test speaker
     prep = meta["preprocessing"]
     waves, skipped = load_waves(
         utts, trim=bool(prep["trim_silence"]), min_duration=float(prep["min_duration"]), progress=progress
@@ -572,7 +619,9 @@ def evaluate_bundle(
     exactly as in training, unless ``waves`` (path -> waveform, loaded that way) has it; utterances
     missing from ``waves`` are then left out (they could not be loaded). When the bundle records
     its training speakers, any test speaker among them is listed under ``leaked_speakers`` and the
-    result is flagged ``speaker_leak``, because such a score is not speaker-independent.
+    result is flagged ``speaker_leak``, because such a score is not speaker-independent;
+    ``leak_check`` says whether leakage was ruled out, found, or cannot be ruled out (a bundle
+    that records only a count of speakers, see :func:`leak_check`).
     """
     from emovox.predict import Recognizer
 
@@ -590,15 +639,16 @@ def evaluate_bundle(
         min_duration=rec.min_duration,
         progress=progress,
     )
-    trained_on = _training_speakers(rec.meta)
-    leaked = sorted(set(metrics["per_speaker"]) & trained_on) if trained_on is not None else []
+    check = leak_check(rec.meta, list(metrics["per_speaker"]))
     metrics["model"] = {
         "path": rec.meta["path"],
         "family": rec.meta["model"].get("family"),
         "labels": rec.labels,
         "preprocessing": rec.meta["preprocessing"],
-        "training_speakers": sorted(trained_on) if trained_on is not None else None,
+        "training_speakers": check["training_speakers"],
+        "training_speaker_count": check["training_speaker_count"],
     }
-    metrics["leaked_speakers"] = leaked
-    metrics["speaker_leak"] = bool(leaked)
+    metrics["leak_check"] = {"status": check["status"], "reason": check["reason"]}
+    metrics["leaked_speakers"] = check["leaked"]
+    metrics["speaker_leak"] = check["status"] == "leak"
     return metrics
