@@ -306,10 +306,110 @@ def test_cli_evaluate_writes_run_dir(tiny_bundle: Path, tmp_path: Path) -> None:
     assert all(p.is_file() for p in _image_links(out / "report.md"))
 
     held_out = CliRunner().invoke(
-        app, ["evaluate", "-m", str(tiny_bundle), str(data), "-s", "spk1,spk2", "-o", str(tmp_path / "r2")]
+        app,
+        [
+            "evaluate",
+            "-m",
+            str(tiny_bundle),
+            str(data),
+            "-s",
+            "spk1,spk2",
+            "-o",
+            str(tmp_path / "r2"),
+            "--no-plots",
+        ],
     )
     assert held_out.exit_code == 0, held_out.output
     assert json.loads((tmp_path / "r2" / "metrics.json").read_text())["speaker_leak"] is False
+    assert "![" not in (tmp_path / "r2" / "report.md").read_text()
+
+
+def test_confusion_plots_say_test_or_validation_and_show_the_score(
+    corpus_utts: list[Utterance], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from emovox import plots
+
+    titles: dict[str, str | None] = {}
+    real = plots.plot_confusion
+
+    def record(confusion: Any, labels: Any, out: Path, *, title: str | None = None) -> Path:
+        titles[Path(out).name] = title
+        return real(confusion, labels, out, title=title)
+
+    monkeypatch.setattr(plots, "plot_confusion", record)
+    m = evaluate_model(PitchClassifier(list(PITCH)), corpus_utts, progress=False)
+    write_report(tmp_path / "eval", m)
+    assert (
+        titles["confusion.png"]
+        == f"test: UA {m['ua']:.3f}, WA {m['wa']:.3f}, macro-F1 {m['macro_f1']:.3f} (36 clips)"
+    )
+    train = {**m, "kind": "train", "validation": dict(m, n=12), "training": _training_record()}
+    write_report(tmp_path / "train", train)
+    assert titles["confusion_validation.png"].startswith("validation (chose the checkpoint): UA 1.000")
+
+
+def _training_record() -> dict[str, Any]:
+    return {
+        "train_speakers": ["a"],
+        "val_speakers": ["b"],
+        "test_speakers": ["c"],
+        "validation": "speakers",
+        "n_train": 1,
+        "n_val": 1,
+        "n_test": 1,
+        "epochs": 1,
+        "train_seconds": 1.0,
+        "best_val_ua": 1.0,
+        "checkpoint": None,
+        "bundle": None,
+        "family": "svm",
+    }
+
+
+def test_evaluate_decodes_each_clip_once_reports_its_stages_and_can_skip_figures(
+    tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """emovox evaluate used to decode the data twice (scoring, then the report's data figures) and
+    compute each figure clip's features one at a time while the bar still said "predicting"."""
+    import emovox.corpora
+    import emovox.reports
+    from emovox.progress import progress_bar
+    from emovox.runs import run_evaluation
+
+    data = make_corpus(tmp_path / "data", speakers=3, per_emotion=2)
+    decoded: list[Path] = []
+    real_iter_load = emovox.corpora.iter_load
+
+    def counting(paths: Any, **kwargs: Any) -> Any:
+        paths = list(paths)
+        decoded.extend(Path(p) for p in paths)
+        return real_iter_load(paths, **kwargs)
+
+    stages: list[str] = []
+
+    def recording_bar(**kwargs: Any) -> Any:
+        bar = progress_bar(**kwargs)
+        real_update = bar.update
+
+        def update(task: Any, **kw: Any) -> None:
+            if "description" in kw:
+                stages.append(kw["description"])
+            real_update(task, **kw)
+
+        bar.update = update  # type: ignore[method-assign]
+        return bar
+
+    monkeypatch.setattr(emovox.corpora, "iter_load", counting)
+    monkeypatch.setattr(emovox.reports, "progress_bar", recording_bar)
+    metrics, report = run_evaluation(tiny_bundle, data, out=tmp_path / "run", progress=True)
+    assert metrics["n"] == 18 and len(decoded) == len(set(decoded)) == 18
+    assert {"report: confusion matrix", "report: per-emotion feature distributions"} <= set(stages)
+    assert (tmp_path / "run" / "plots" / "feature_distributions.png").is_file()
+
+    _, bare = run_evaluation(tiny_bundle, data, out=tmp_path / "bare", plots=False, progress=False)
+    text = bare.read_text()
+    assert "![" not in text and not (tmp_path / "bare" / "plots").exists()
+    assert "| UA |" in text and "## Data" in text
 
 
 def test_cli_evaluate_errors_are_one_line(tiny_bundle: Path, tmp_path: Path) -> None:
@@ -388,6 +488,30 @@ def test_cli_cv_kfold_and_leaky_flag(tmp_path: Path) -> None:
 
     bad = runner.invoke(app, ["cv", "-c", str(cfg), "--folds", "9", "-o", str(tmp_path / "bad")])
     assert bad.exit_code == 2 and "at least 9 speakers" in bad.output
+
+
+def test_cli_cv_epoch_lines_name_the_fold_and_count_from_one(tmp_path: Path) -> None:
+    """A neural cv run prints one epoch line per epoch and fold: labelled with the fold, counted
+    1..epochs as history.json counts them (not 0..epochs-1)."""
+    from typer.testing import CliRunner
+
+    from emovox.cli import app
+
+    data = make_corpus(tmp_path / "data", speakers=4, per_emotion=2)
+    cfg = tmp_path / "mlp.yaml"
+    cfg.write_text(
+        f"name: tiny\ndata: {{path: {data}, corpus: folder, trim_silence: false}}\n"
+        "model: {family: mlp, params: {hidden: [8]}}\nfeatures: {sets: [logmel], n_mels: 16}\n"
+        "train: {epochs: 2, batch_size: 8, threads: 1}\n"
+    )
+    result = CliRunner().invoke(app, ["cv", "-c", str(cfg), "--folds", "2", "-o", str(tmp_path / "cv")])
+    assert result.exit_code == 0, result.output
+    for fold in ("fold_01", "fold_02"):
+        assert re.search(rf"{fold} Epoch 1/2\b", result.output), result.output
+        assert re.search(rf"{fold} Epoch 2/2\b", result.output), result.output
+    assert "Epoch 0/" not in result.output
+    history = json.loads((tmp_path / "cv" / "fold_01" / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2]
 
 
 def test_cli_cv_without_validation(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -94,3 +95,48 @@ def test_data_plots(tmp_path: Path) -> None:
     d = plots.utterance_descriptors(waves[utts[3].path])  # angry at 260 Hz
     assert d["mean F0 (Hz)"] == pytest.approx(260, rel=0.1)
     assert d["duration (s)"] == pytest.approx(0.8)
+
+
+def test_mfcc_panel_shows_the_coefficients_not_one_flat_colour(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Raw MFCCs put c0 (log energy, hundreds of units) on the same colour scale as the rest, so
+    everything but c0 was one colour: the panel now drops c0 and standardises each coefficient."""
+    import matplotlib.axes
+
+    shown: list[tuple[np.ndarray, float | None, float | None]] = []
+    real_imshow = matplotlib.axes.Axes.imshow
+
+    def imshow(self: Any, data: Any, *args: Any, **kwargs: Any) -> Any:
+        shown.append((np.asarray(data), kwargs.get("vmin"), kwargs.get("vmax")))
+        return real_imshow(self, data, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "imshow", imshow)
+    path = tmp_path / "a.wav"
+    utts = [Utterance(path=path, emotion="angry", speaker="x:0", corpus="folder", label="angry")]
+    wave = synth_speech(1.0, f0=200.0)
+    plots.plot_examples(utts, {path: wave}, tmp_path / "ex.png")
+    mfcc, vmin, vmax = shown[1]  # waveform, log-mel, MFCC
+    raw = plots.frame_features(wave)["mfcc"]
+    assert mfcc.shape == (raw.shape[0] - 1, raw.shape[1])  # c0 dropped
+    low, high = (vmin, vmax) if vmin is not None else (mfcc.min(), mfcc.max())
+    # every coefficient uses a real part of the colour scale (raw: c1.. span a few % of it)
+    spans = (mfcc.max(axis=1) - mfcc.min(axis=1)) / (high - low)
+    assert np.median(spans) > 0.4
+    raw_spans = (raw[1:].max(axis=1) - raw[1:].min(axis=1)) / (raw.max() - raw.min())
+    assert np.median(raw_spans) < np.median(spans)
+    np.testing.assert_allclose(plots.mfcc_for_display(raw).mean(axis=1), 0.0, atol=1e-6)
+
+
+def test_frame_features_many_matches_one_by_one_and_uses_the_cache(tmp_path: Path) -> None:
+    from emovox.cache import FeatureCache, feature_key
+
+    waves = [synth_speech(s, f0=f) for s, f in ((0.6, 120.0), (1.1, 240.0), (0.9, 180.0))]
+    many = plots.frame_features_many(waves)
+    for wave, feats in zip(waves, many, strict=True):
+        single = plots.frame_features(wave)
+        for name, values in single.items():
+            np.testing.assert_allclose(feats[name], values, rtol=1e-4, atol=1e-3)
+    cache = FeatureCache()
+    params = feature_key(plots._extractor().cfg)
+    assert all(cache.get(cache.key([np.asarray(w, dtype=np.float32), params])) is not None for w in waves)

@@ -191,6 +191,72 @@ def test_resume_without_a_checkpoint_is_a_clear_error(
         fit(config(), by_speaker(utts, 0), [], tmp_path, waves=waves, resume=True, progress=False)
 
 
+class _CrashIn:
+    """Lightning callback raising a RuntimeError (like a kill -9, nothing is saved on the way out)."""
+
+    def __new__(cls, epoch: int, batch: int) -> Any:
+        import lightning
+
+        class Crash(lightning.pytorch.Callback):
+            def on_train_batch_end(
+                self, trainer: Any, module: Any, outputs: Any, batch_: Any, idx: int
+            ) -> None:
+                if trainer.current_epoch == epoch and idx == batch:
+                    raise RuntimeError("simulated crash")
+
+        return Crash()
+
+
+class _CtrlCIn:
+    """Lightning callback sending this process a real SIGINT (Ctrl-C) as a batch starts."""
+
+    def __new__(cls, epoch: int, batch: int) -> Any:
+        import signal
+
+        import lightning
+
+        class CtrlC(lightning.pytorch.Callback):
+            def on_train_batch_start(self, trainer: Any, module: Any, batch_: Any, idx: int) -> None:
+                if trainer.current_epoch == epoch and idx == batch:
+                    signal.raise_signal(signal.SIGINT)
+
+        return CtrlC()
+
+
+def test_resumed_run_is_the_uninterrupted_run(
+    tmp_path: Path, utts: list[Utterance], waves: dict[Path, np.ndarray]
+) -> None:
+    """Ctrl-C mid-epoch (last.ckpt saved there; a real SIGINT arriving mid-batch finishes that
+    batch first) or a crash (only the epoch-end last.ckpt survives), then resume: the same weights
+    and history as a run never interrupted, with every source of randomness on (crops, waveform
+    augmentation, SpecAugment, mixup, dropout, shuffling)."""
+    cfg = config(
+        "model.family=cnn1d",
+        "model.params={channels: [8], kernel: 3, dropout: 0.3}",
+        "augment.noise_p=0.5",
+        "augment.gain_p=0.5",
+        "augment.time_masks=1",
+        "augment.time_mask_width=4",
+        "train.mixup=0.4",
+    )
+    train, val = by_speaker(utts, 0, 1), by_speaker(utts, 2)
+    reference = fit(cfg, train, val, tmp_path / "straight", waves=waves, progress=False)
+    for name, stop, raised in (
+        ("interrupt", _StopIn(epoch=1, batch=0), KeyboardInterrupt),
+        ("sigint", _CtrlCIn(epoch=1, batch=1), KeyboardInterrupt),
+        ("crash", _CrashIn(epoch=1, batch=1), RuntimeError),
+    ):
+        with pytest.raises(raised):
+            fit(cfg, train, val, tmp_path / name, waves=waves, progress=False, callbacks=[stop])
+        resumed = fit(cfg, train, val, tmp_path / name, waves=waves, progress=False, resume=True)
+        assert [h["epoch"] for h in resumed.history] == [1, 2, 3], name
+        for key in ("train_loss", "val_ua", "val_loss"):
+            assert [h[key] for h in resumed.history] == [h[key] for h in reference.history], (name, key)
+        want, got = reference.model.net.state_dict(), resumed.model.net.state_dict()
+        for key in want:
+            torch.testing.assert_close(got[key], want[key], rtol=0, atol=0, msg=f"{name}: {key}")
+
+
 def test_no_validation_trains_all_epochs_and_keeps_the_last(
     tmp_path: Path, utts: list[Utterance], waves: dict[Path, np.ndarray]
 ) -> None:
@@ -426,6 +492,47 @@ def test_cli_train_user_errors_are_one_line(corpus: Path, tmp_path: Path) -> Non
         assert message in result.output, (args, result.output)
         assert "Traceback" not in result.output
         assert len(result.output.strip().splitlines()) <= 2, result.output
+
+
+class _Payload:
+    """Unpickling this would create ``path`` (what a malicious checkpoint could do)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> Any:
+        return (Path.touch, (self.path,))
+
+
+def test_resume_refuses_a_truncated_pickled_or_foreign_checkpoint(corpus: Path, tmp_path: Path) -> None:
+    """--resume with a last.ckpt that cannot continue this run: one clear error line, exit 2, and
+    nothing in a pickled checkpoint is executed."""
+    from typer.testing import CliRunner
+
+    from emovox.cli import app
+
+    out = tmp_path / "run"
+    cfg = _write_config(tmp_path, corpus, "mlp")
+    assert CliRunner().invoke(app, ["train", "-c", str(cfg), "-o", str(out)]).exit_code == 0
+    last = out / "checkpoints" / "last.ckpt"
+    good = last.read_bytes()
+    marker = tmp_path / "executed"
+
+    def resume(*overrides: str) -> Any:
+        result = CliRunner().invoke(app, ["train", "--resume", str(out), "train.epochs=2", *overrides])
+        assert result.exit_code == 2, result.output
+        assert "Traceback" not in result.output and len(result.output.strip().splitlines()) <= 2, (
+            result.output
+        )
+        return result.output
+
+    last.write_bytes(good[: len(good) // 2])
+    assert "cannot resume" in resume()
+    torch.save({"state_dict": {}, "emovox_model": _Payload(marker)}, last)
+    assert "not a readable emovox training checkpoint" in resume()
+    assert not marker.exists()
+    last.write_bytes(good)
+    assert "another model (params changed" in resume("model.params.hidden=[32]")
 
 
 def test_cli_ctrl_c_saves_last_checkpoint_and_resume_finishes(

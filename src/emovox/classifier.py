@@ -70,4 +70,5 @@ class FitFunction(Protocol):
         resume: bool,
         progress: bool,
         callbacks: Sequence[Any],
+        label: str | None,
     ) -> FitResult: ...

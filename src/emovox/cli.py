@@ -233,6 +233,13 @@ def evaluate(
         Path | None, typer.Option("--out", "-o", help="Run folder (default runs/eval-<time>/).")
     ] = None,
     device: Annotated[str, typer.Option("--device", help="torch device: cpu, cuda, cuda:1, mps.")] = "cpu",
+    plots: Annotated[
+        bool,
+        typer.Option(
+            "--plots/--no-plots",
+            help="Draw the report's figures (confusion, per speaker, examples, feature distributions).",
+        ),
+    ] = True,
 ) -> None:
     """Evaluate a saved model on a labelled test set: metrics.json, report.md, plots, predictions.csv."""
     from emovox.bundle import read_meta
@@ -250,6 +257,7 @@ def evaluate(
             shared_only=shared_emotions,
             device=device,
             out=out,
+            plots=plots,
         )
     except EmovoxError as exc:
         raise fail(str(exc)) from None
@@ -260,6 +268,13 @@ def evaluate(
         err_console.print(
             f"[bold yellow]warning:[/] test speaker(s) {', '.join(metrics['leaked_speakers'])} were in the "
             "model's training data; this score is not speaker-independent"
+        )
+    elif metrics["leak_check"]["status"] == "unknown":
+        err_console.print(
+            f"[bold yellow]warning:[/] {metrics['leak_check']['reason']}: speaker leakage cannot be ruled "
+            "out; make sure none of the test speakers was used to train it",
+            highlight=False,
+            soft_wrap=True,
         )
     if metrics["skipped"]:
         err_console.print(f"[yellow]{len(metrics['skipped'])} file(s) skipped (see {report})[/]")
@@ -325,7 +340,7 @@ def cv(
         )
         if leaky_random_split:
             err_console.print(f"[bold yellow]warning:[/] --leaky-random-split: {LEAK_WARNING}")
-        run_dir = new_run_dir(out, f"cv-{cfg.name or cfg.model.family}")
+        run_dir = new_run_dir(out, f"cv-{cfg.name or cfg.model.family}", kind="cv")
         res, report = run_cv(cfg, plan, run_dir)
     except EmovoxError as exc:
         raise fail(str(exc)) from None
@@ -430,8 +445,8 @@ def train(
 
     from emovox.config import load_config
     from emovox.errors import ConfigError
-    from emovox.fitting import FITTERS, TrainingInterrupted
-    from emovox.runs import is_global_zero, run_training, train_run_dir, training_split
+    from emovox.fitting import TrainingInterrupted
+    from emovox.runs import check_resume, is_global_zero, run_training, train_run_dir, training_split
 
     worker = not is_global_zero()  # a DDP worker process re-running this command line
     flags = {"devices": devices, "strategy": strategy, "precision": precision, "accelerator": accelerator}
@@ -446,10 +461,9 @@ def train(
             assert config is not None
             config_path = config
         cfg = load_config(config_path, extra)
-        if resume is not None and not FITTERS[cfg.model.family].resumable:
-            raise ConfigError(f"{resume}: {cfg.model.family} runs have no checkpoints to resume; train again")
         split = training_split(cfg, source=str(config_path))
         if resume is not None:
+            check_resume(cfg, split, resume)
             run_dir = resume
         elif worker and os.environ.get("EMOVOX_RUN_DIR"):
             run_dir = Path(os.environ["EMOVOX_RUN_DIR"])

@@ -25,6 +25,7 @@ from emovox.errors import ConfigError, CorpusError, EmovoxError
 from emovox.jsonutil import jsonable
 from emovox.metrics import METRIC_NAMES, compute_metrics, mean_std
 from emovox.reports import LEAK_WARNING, write_report
+from emovox.runs import mark_run_dir
 from emovox.scoring import evaluate_model, ordered_labels, without_predictions
 
 
@@ -110,6 +111,7 @@ def run_cv(
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    mark_run_dir(run_dir, "cv")
     cfg.dump(run_dir / "config.yaml")
     res = cross_validate(
         cfg,
@@ -175,13 +177,22 @@ def cross_validate(
             utts,
             waves,
             run_dir,
-            fit=fit if fit is not None else fitting.fit,
+            fit=fit if fit is not None else _labelled_fit(f"fold_{number:02d}"),
             shared_only=shared_only,
             allow_speaker_leak=allow_speaker_leak,
             progress=progress,
         )
         folds.append(fold)
     return _cv_result(folds, protocol, val_fraction, seed, shared_only, skipped)
+
+
+def _labelled_fit(label: str) -> Callable[..., FitResult]:
+    """:func:`emovox.fitting.fit` with its progress output labelled by the fold."""
+
+    def fit(*args: Any, **kwargs: Any) -> FitResult:
+        return fitting.fit(*args, label=label, **kwargs)
+
+    return fit
 
 
 @dataclass

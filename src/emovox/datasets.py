@@ -1,21 +1,55 @@
 """Training data for the neural families: waveform or precomputed-feature datasets, their collate
-functions, and the normaliser statistics of the backbone inputs.
+functions, the resumable shuffling of training clips, and the normaliser statistics.
 
-Training items are random crops (of ``data.max_seconds``) drawn with torch's generator, so a run
-seeded once (and a resumed run restoring the generator state) sees the same crops.
+Randomness of the data is a function of the run's seed alone, never of the global generators:
+:class:`EpochSampler` shuffles each epoch from ``(seed, epoch)`` and hands every item its own seed,
+which draws that item's crop and waveform augmentation. So whatever else consumes random numbers
+(the training step, a DataLoader worker, an interruption), epoch ``e`` sees the same clips in the
+same order with the same crops, and :class:`ResumableLoader` knows how far into the epoch a run
+got, so a resumed run continues with exactly the batches an uninterrupted one would have seen.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import random
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from emovox.augment import WaveAugment
 from emovox.features import pad_batch, pool_stats
 from emovox.models import EmotionNet, frame_mask
+
+Key = int | tuple[int, int]
+"""A dataset key: an index, or ``(index, item_seed)`` from :class:`EpochSampler`."""
+
+
+def _split_key(key: Key) -> tuple[int, int | None]:
+    return (int(key[0]), int(key[1])) if isinstance(key, tuple) else (int(key), None)
+
+
+@contextlib.contextmanager
+def seeded_globals(seed: int) -> Iterator[None]:
+    """NumPy's and Python's global generators seeded with ``seed`` inside the block, restored after
+    (audiomentations draws from them), so an item's augmentation leaves the run's streams alone."""
+    np_state, py_state = np.random.get_state(), random.getstate()
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+    try:
+        yield
+    finally:
+        np.random.set_state(np_state)
+        random.setstate(py_state)
+
+
+def _random_start(size: int, crop: int, seed: int | None) -> int:
+    """Start of a random ``crop`` inside ``size``: from the item's seed, else torch's global generator."""
+    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    return int(torch.randint(0, size - crop + 1, (1,), generator=generator))
 
 
 class WaveDataset(Dataset):
@@ -37,14 +71,15 @@ class WaveDataset(Dataset):
     def __len__(self) -> int:
         return len(self.waves)
 
-    def __getitem__(self, i: int) -> tuple[np.ndarray, int]:
+    def __getitem__(self, key: Key) -> tuple[np.ndarray, int]:
+        i, seed = _split_key(key)
         wave = self.waves[i]
         if self.crop is not None and wave.size > self.crop:
-            # torch's generator: seeded by seed_everything in the main process and in each worker
-            start = int(torch.randint(0, wave.size - self.crop + 1, (1,)))
+            start = _random_start(wave.size, self.crop, seed)
             wave = wave[start : start + self.crop]
         if self.augment is not None:
-            wave = self.augment(wave)
+            with seeded_globals(seed) if seed is not None else contextlib.nullcontext():
+                wave = self.augment(wave)
         return np.ascontiguousarray(wave, dtype=np.float32), self.targets[i]
 
 
@@ -71,10 +106,11 @@ class FeatureDataset(Dataset):
     def __len__(self) -> int:
         return len(self.feats)
 
-    def __getitem__(self, i: int) -> tuple[np.ndarray, int]:
+    def __getitem__(self, key: Key) -> tuple[np.ndarray, int]:
+        i, seed = _split_key(key)
         x = self.feats[i]
         if self.crop is not None and x.shape[1] > self.crop:
-            start = int(torch.randint(0, x.shape[1] - self.crop + 1, (1,)))
+            start = _random_start(x.shape[1], self.crop, seed)
             x = x[:, start : start + self.crop]
         return x, self.targets[i]
 
@@ -88,6 +124,75 @@ def collate_features(
     for i, (x, _) in enumerate(batch):
         out[i, :, : x.shape[1]] = torch.from_numpy(np.asarray(x, dtype=np.float32))
     return out, frames, torch.tensor([t for _, t in batch], dtype=torch.int64)
+
+
+class EpochSampler(Sampler[tuple[int, int]]):
+    """Shuffles ``n`` items anew every epoch from ``(seed, epoch)`` alone, yielding ``(index, item_seed)``.
+
+    Lightning calls :meth:`set_epoch` before each epoch. :meth:`resume` makes the next pass over
+    ``epoch`` start ``start`` items in (the ones an interrupted run had already trained on).
+    """
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n = n
+        self.seed = seed
+        self.epoch = 0
+        self._resume: tuple[int, int] | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def resume(self, epoch: int, start: int) -> None:
+        self.epoch = int(epoch)
+        self._resume = (int(epoch), int(start))
+
+    def order(self, epoch: int) -> tuple[list[int], list[int]]:
+        """The item order and the item seeds of ``epoch``."""
+        generator = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) % 2**63)
+        order = torch.randperm(self.n, generator=generator).tolist()
+        seeds = torch.randint(0, 2**62, (self.n,), generator=generator).tolist()
+        return order, seeds
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch = self.epoch
+        start = self._resume[1] if self._resume is not None and self._resume[0] == epoch else 0
+        self._resume = None
+        order, seeds = self.order(epoch)
+        return iter(list(zip(order, seeds, strict=True))[start:])
+
+    def __len__(self) -> int:
+        return self.n
+
+
+class ResumableLoader(DataLoader):
+    """A training DataLoader over an :class:`EpochSampler` that knows how far into the epoch it is.
+
+    :meth:`position` is ``{"epoch", "batches"}`` (batches handed out in that epoch, which a
+    checkpoint stores); :meth:`resume_at` makes the next pass skip those batches.
+    """
+
+    def __init__(self, dataset: Dataset, *, sampler: EpochSampler, **kwargs: Any) -> None:
+        super().__init__(dataset, sampler=sampler, **kwargs)
+        self._batches = 0
+        self._resumed_batches = 0
+
+    def __iter__(self) -> Iterator[Any]:
+        self._batches, self._resumed_batches = self._resumed_batches, 0
+        for batch in super().__iter__():
+            self._batches += 1
+            yield batch
+
+    def position(self) -> dict[str, int]:
+        assert isinstance(self.sampler, EpochSampler)
+        return {"epoch": self.sampler.epoch, "batches": self._batches}
+
+    def resume_at(self, position: dict[str, int]) -> None:
+        assert isinstance(self.sampler, EpochSampler) and self.batch_size is not None
+        epoch, batches = int(position["epoch"]), int(position["batches"])
+        if batches >= len(self):  # that epoch was complete: the next one starts from its beginning
+            epoch, batches = epoch + 1, 0
+        self.sampler.resume(epoch, batches * self.batch_size)
+        self._resumed_batches = batches
 
 
 @torch.inference_mode()

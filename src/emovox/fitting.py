@@ -30,6 +30,7 @@ import csv
 import json
 import math
 import signal
+import sys
 import threading
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -47,7 +48,9 @@ from emovox.classifier import FitData, FitFunction, FitResult
 from emovox.config import RunConfig
 from emovox.corpora import EMOTIONS, Utterance, load_waves
 from emovox.datasets import (
+    EpochSampler,
     FeatureDataset,
+    ResumableLoader,
     WaveDataset,
     collate,
     collate_features,
@@ -199,6 +202,7 @@ def fit(
     resume: bool = False,
     progress: bool = True,
     callbacks: Sequence[Any] = (),
+    label: str | None = None,
 ) -> FitResult:
     """Train ``cfg.model.family`` on ``train``, select on ``val``; write checkpoints and logs to ``run_dir``.
 
@@ -206,7 +210,8 @@ def fit(
     continues from ``run_dir/checkpoints/last.ckpt``. Utterances whose audio could not be loaded,
     and validation utterances of an emotion absent from training, are left out. Returns the model
     loaded from the best checkpoint (the last one when ``val`` is empty). ``callbacks`` are extra
-    Lightning callbacks (neural families only).
+    Lightning callbacks (neural families only); ``label`` names the run in progress output (e.g.
+    the cross-validation fold).
 
     Ctrl-C saves the training state to ``checkpoints/last.ckpt`` and raises
     :class:`TrainingInterrupted` (a ``KeyboardInterrupt``); ``resume=True`` continues from it.
@@ -230,7 +235,9 @@ def fit(
     val_waves, val_y, val_groups = _gather(val, waves, labels)
     data = FitData(labels, train_waves, train_y, val_waves, val_y, train_groups, val_groups)
     with cpu_threads(cfg.train.threads):
-        return fitter.fit(cfg, data, run_dir, resume=resume, progress=progress, callbacks=callbacks)
+        return fitter.fit(
+            cfg, data, run_dir, resume=resume, progress=progress, callbacks=callbacks, label=label
+        )
 
 
 @contextlib.contextmanager
@@ -336,7 +343,15 @@ def _loaders(
         "persistent_workers": tcfg.num_workers > 0,
         "pin_memory": device == "cuda",
     }
-    train_loader = DataLoader(train_ds, shuffle=True, drop_last=drop_last, **loader_args)
+    # the loaders' own generators: creating their iterators draws no number from the global ones
+    sampler = EpochSampler(len(train_ds), tcfg.seed)
+    train_loader = ResumableLoader(
+        train_ds,
+        sampler=sampler,
+        drop_last=drop_last,
+        generator=torch.Generator().manual_seed(tcfg.seed),
+        **loader_args,
+    )
     val_loader = None
     if data.val_waves:
         order = np.argsort([w.size for w in data.val_waves], kind="stable")
@@ -345,24 +360,41 @@ def _loaders(
             val_ds: Dataset = WaveDataset([data.val_waves[i] for i in order], val_y)
         else:
             val_ds = FeatureDataset([val_feats[i] for i in order], val_y)
-        val_loader = DataLoader(val_ds, shuffle=False, **loader_args)
+        val_loader = DataLoader(
+            val_ds, shuffle=False, generator=torch.Generator().manual_seed(tcfg.seed), **loader_args
+        )
     return train_loader, val_loader, steps_per_epoch, pooled
 
 
 def _callbacks(
-    cfg: RunConfig, ckpt_dir: Path, *, validate: bool, progress: bool, extra: Sequence[Any]
-) -> tuple[list[Any], Any]:
-    """Lightning callbacks (checkpoints, early stopping, progress bar) and the best-checkpoint one."""
-    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar
+    cfg: RunConfig,
+    ckpt_dir: Path,
+    train_loader: DataLoader,
+    *,
+    validate: bool,
+    progress: bool,
+    label: str | None,
+    extra: Sequence[Any],
+) -> tuple[list[Any], Any, Any]:
+    """Lightning callbacks (checkpoints, resume state, early stopping, progress bar), the
+    best-checkpoint one and the one that stops at the end of a batch on request (Ctrl-C)."""
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
-    from emovox.lightning_module import SaveOnInterrupt
+    from emovox.lightning_module import EpochBar, ResumeState, SaveOnInterrupt, StopRequest
 
     # last.ckpt after every epoch, for resuming (Lightning's save_last only refreshes it when a new
     # best is saved, which would make a resumed run repeat every epoch since the best one)
     latest = ModelCheckpoint(
         dirpath=ckpt_dir, filename=Path(LAST_CHECKPOINT).stem, save_top_k=1, enable_version_counter=False
     )
-    callbacks: list[Any] = [latest, SaveOnInterrupt(ckpt_dir / LAST_CHECKPOINT), *extra]
+    stop = StopRequest()
+    callbacks: list[Any] = [
+        latest,
+        ResumeState(train_loader),
+        SaveOnInterrupt(ckpt_dir / LAST_CHECKPOINT),
+        stop,
+        *extra,
+    ]
     best: Any = None
     if validate:
         best = ModelCheckpoint(
@@ -377,8 +409,8 @@ def _callbacks(
         if cfg.train.patience:
             callbacks.append(EarlyStopping(monitor="val_ua", mode="max", patience=cfg.train.patience))
     if progress:
-        callbacks.append(RichProgressBar(leave=True))
-    return callbacks, best
+        callbacks.append(EpochBar(label))
+    return callbacks, best, stop
 
 
 def _loggers(run_dir: Path) -> list[Any]:
@@ -449,13 +481,27 @@ def _run_trainer(
     *,
     resume: bool,
     earlier_log: list[dict[str, str]],
+    stop: Any,
 ) -> None:
     """``trainer.fit`` with Ctrl-C turned into :class:`TrainingInterrupted`, the SIGINT handler
-    restored, and (on resume) ``earlier_log``, the CSV log rows from before the interruption, kept."""
+    restored, and (on resume) ``earlier_log``, the CSV log rows from before the interruption, kept.
+
+    The first Ctrl-C asks ``stop`` (a :class:`~emovox.lightning_module.StopRequest`) to end at the
+    end of the current batch, where ``last.ckpt`` resumes into exactly the uninterrupted run; a
+    second one interrupts at once.
+    """
     last = run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT
     csv_log = run_dir / CSV_LOG
     in_main_thread = threading.current_thread() is threading.main_thread()
     sigint = signal.getsignal(signal.SIGINT) if in_main_thread else None
+
+    def first_ctrl_c(signum: int, frame: Any) -> None:
+        stop.request()
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # the next one interrupts at once
+        sys.stderr.write("\nstopping at the end of this batch (Ctrl-C again to stop now)\n")
+
+    if in_main_thread:
+        signal.signal(signal.SIGINT, first_ctrl_c)
     try:
         with warnings.catch_warnings():
             for message in _QUIET_WARNINGS:
@@ -486,18 +532,26 @@ def fit_torch(
     resume: bool = False,
     progress: bool = True,
     callbacks: Sequence[Any] = (),
+    label: str | None = None,
 ) -> FitResult:
-    """Train an :class:`EmotionNet` of ``cfg.model.family`` with Lightning (see the module docstring)."""
+    """Train an :class:`EmotionNet` of ``cfg.model.family`` with Lightning (see the module docstring).
+
+    ``resume`` continues ``checkpoints/last.ckpt`` as the same run: weights, optimiser, schedule,
+    the position in the epoch's shuffled batches and the random state all come back from it.
+    ``label`` prefixes the progress bar's epoch line (e.g. the cross-validation fold).
+    """
     import lightning as L
 
     from emovox.lightning_module import EmotionModule, quiet_lightning
 
     tcfg = cfg.train
-    L.seed_everything(tcfg.seed, workers=True, verbose=False)
     ckpt_dir = run_dir / CHECKPOINT_DIR
     last = ckpt_dir / LAST_CHECKPOINT
-    if resume and not last.is_file():
-        raise EmovoxError(f"{run_dir}: nothing to resume ({last} not found)")
+    if resume:
+        check_resumable(last, cfg, data.labels)
+    else:
+        # a resumed run does not start the random streams again: they come back from last.ckpt
+        L.seed_everything(tcfg.seed, workers=True, verbose=False)
 
     net = EmotionNet(cfg.features, cfg.model.family, cfg.model.params, data.labels)
     if net.family == "encoder":
@@ -508,14 +562,29 @@ def fit_torch(
     )
     net.cpu()
     module = EmotionModule(net, cfg, _class_weights(cfg, data), steps_per_epoch)
-    all_callbacks, best = _callbacks(
-        cfg, ckpt_dir, validate=val_loader is not None, progress=progress, extra=callbacks
+    all_callbacks, best, stop = _callbacks(
+        cfg,
+        ckpt_dir,
+        train_loader,
+        validate=val_loader is not None,
+        progress=progress,
+        label=label,
+        extra=callbacks,
     )
     # Lightning's CSV logger starts metrics.csv afresh: keep the rows from before an interruption
     earlier_log = _read_csv(run_dir / CSV_LOG) if resume else []
     quiet_lightning()
     trainer = _trainer(cfg, run_dir, all_callbacks, steps_per_epoch, progress)
-    _run_trainer(trainer, module, train_loader, val_loader, run_dir, resume=resume, earlier_log=earlier_log)
+    _run_trainer(
+        trainer,
+        module,
+        train_loader,
+        val_loader,
+        run_dir,
+        resume=resume,
+        earlier_log=earlier_log,
+        stop=stop,
+    )
 
     best_path = Path(best.best_model_path) if best is not None and best.best_model_path else None
     chosen = best_path or last
@@ -578,17 +647,29 @@ def _fit_speaker_head(
     tcfg = cfg.train
     loader_args: dict[str, Any] = {"batch_size": tcfg.batch_size, "collate_fn": collate_features}
     drop_last = len(train_norm) > tcfg.batch_size
-    train_loader = DataLoader(
-        FeatureDataset(train_norm, data.train_y), shuffle=True, drop_last=drop_last, **loader_args
+    train_ds = FeatureDataset(train_norm, data.train_y)
+    train_loader = ResumableLoader(
+        train_ds,
+        sampler=EpochSampler(len(train_ds), tcfg.seed),
+        drop_last=drop_last,
+        generator=torch.Generator().manual_seed(tcfg.seed),
+        **loader_args,
     )
     val_loader = DataLoader(FeatureDataset(val_norm, data.val_y), **loader_args) if val_norm else None
     steps = len(train_norm) // tcfg.batch_size if drop_last else 1
     head_dir = run_dir / "speaker_head"
     module = EmotionModule(shadow, cfg, _class_weights(cfg, data), steps)
-    callbacks, best = _callbacks(cfg, head_dir / CHECKPOINT_DIR, validate=val_loader is not None,
-                                 progress=progress, extra=())  # fmt: skip
+    callbacks, best, stop = _callbacks(
+        cfg,
+        head_dir / CHECKPOINT_DIR,
+        train_loader,
+        validate=val_loader is not None,
+        progress=progress,
+        label="speaker head",
+        extra=(),
+    )
     trainer = _trainer(cfg, head_dir, callbacks, steps, progress)
-    _run_trainer(trainer, module, train_loader, val_loader, head_dir, resume=False, earlier_log=[])
+    _run_trainer(trainer, module, train_loader, val_loader, head_dir, resume=False, earlier_log=[], stop=stop)
     chosen = (
         Path(best.best_model_path)
         if best is not None and best.best_model_path
@@ -632,6 +713,52 @@ def _calibrate(clf: TorchClassifier, data: FitData, run_dir: Path | None) -> Non
     }
     if run_dir is not None:
         (run_dir / "calibration.json").write_text(json.dumps(report, indent=2) + "\n")
+
+
+def check_resumable(path: str | Path, cfg: RunConfig, labels: Sequence[str]) -> None:
+    """Refuse, with one clear :class:`EmovoxError`, a ``last.ckpt`` that cannot continue a run of
+    ``cfg`` on ``labels``: missing, unreadable or truncated, holding more than tensors and plain
+    containers (a pickle: never unpickled), not written by emovox, or written for another model
+    (family, parameters, features or labels changed)."""
+    import pickle
+
+    path = Path(path)
+    if not path.is_file():
+        raise EmovoxError(f"{path.parent.parent}: nothing to resume ({path} not found)")
+    net = EmotionNet(cfg.features, cfg.model.family, cfg.model.params, list(labels))
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, AttributeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise EmovoxError(
+            f"{path}: cannot resume from this checkpoint: it is not a readable emovox training "
+            f"checkpoint ({first[:200]}); train again into a new --out"
+        ) from None
+    if not isinstance(state, dict) or "state_dict" not in state or "emovox_model" not in state:
+        raise EmovoxError(
+            f"{path}: cannot resume: not an emovox training checkpoint; train again into a new --out"
+        )
+    saved = state["emovox_model"]
+    wanted = net.config()
+    if saved != wanted:
+        changed = sorted(k for k in {*saved, *wanted} if saved.get(k) != wanted.get(k))
+        raise EmovoxError(
+            f"{path}: cannot resume: the checkpoint was trained with another model ({', '.join(changed)} "
+            "changed since); resume with the run's own config, or train again into a new --out"
+        )
+    # a frozen pretrained encoder is not in checkpoints (it is rebuilt from model.params.encoder)
+    frozen = (
+        "net.extractor." if net.family == "encoder" and not cfg.model.params.get("finetune_top") else None
+    )
+    expected = {
+        f"net.{k}": tuple(v.shape)
+        for k, v in net.state_dict().items()
+        if not (frozen and f"net.{k}".startswith(frozen))
+    }
+    found = {k: tuple(v.shape) for k, v in state["state_dict"].items() if k.startswith("net.")}
+    if found != expected:
+        raise EmovoxError(f"{path}: cannot resume: its weights do not fit the model of this run's config")
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as nnf
+from lightning.pytorch.callbacks import RichProgressBar
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
@@ -150,6 +152,13 @@ class EmotionModule(L.LightningModule):
                 del state[key]
         checkpoint["emovox_history"] = [dict(h) for h in self.history]
         checkpoint["emovox_model"] = self.net.config()
+        # the running mean of the epoch's training loss, so an epoch resumed mid-way reports the
+        # same train_loss as an uninterrupted one
+        checkpoint["emovox_train_loss"] = {
+            "mean_value": self.train_loss.mean_value.detach().cpu().clone(),
+            "weight": self.train_loss.weight.detach().cpu().clone(),
+            "updates": int(self.train_loss.update_count),
+        }
 
     def load_trained(self, state: dict[str, Any], source: Path) -> None:
         """Load a checkpoint's ``state_dict``; only the frozen encoder's weights may be absent from it."""
@@ -163,6 +172,11 @@ class EmotionModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.history = [dict(h) for h in checkpoint.get("emovox_history", [])]
+        loss = checkpoint.get("emovox_train_loss")
+        if loss and loss["updates"]:
+            self.train_loss.mean_value = loss["mean_value"].to(self.train_loss.mean_value.device)
+            self.train_loss.weight = loss["weight"].to(self.train_loss.weight.device)
+            self.train_loss._update_count = int(loss["updates"])
 
     def configure_optimizers(self) -> Any:
         params = [p for p in self.net.parameters() if p.requires_grad]
@@ -221,3 +235,108 @@ class SaveOnInterrupt(L.pytorch.Callback):
             return  # nothing trained yet: keep whatever last.ckpt there is
         self.path.parent.mkdir(parents=True, exist_ok=True)
         trainer.save_checkpoint(self.path, weights_only=False)  # the full state: resumable
+
+
+# --------------------------------------------------------------------------- resuming: the same run
+
+
+def rng_states() -> dict[str, Any]:
+    """The global torch (CPU and CUDA), NumPy and Python random states, as checkpoint-safe values
+    (tensors, ints, lists: loadable with ``torch.load(weights_only=True)``)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {
+            "kind": str(kind),
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "gauss": float(gauss),
+        },
+        "python": {"version": int(version), "internal": [int(x) for x in internal], "gauss_next": gauss_next},
+    }
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    """Restore what :func:`rng_states` captured."""
+    torch.set_rng_state(states["torch"])
+    if states.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+    n = states["numpy"]
+    keys = n["keys"].numpy().astype(np.uint32)
+    np.random.set_state((n["kind"], keys, n["pos"], n["has_gauss"], n["gauss"]))
+    p = states["python"]
+    random.setstate((p["version"], tuple(p["internal"]), p["gauss_next"]))
+
+
+class ResumeState(L.pytorch.Callback):
+    """Makes a resumed run continue the interrupted one exactly.
+
+    Every checkpoint stores the random state of the training steps (dropout, SpecAugment and mixup
+    draw from the global generators; the data's randomness comes from the
+    :class:`~emovox.datasets.EpochSampler`) and the position of the training
+    :class:`~emovox.datasets.ResumableLoader` in its epoch. Loading one makes the loader skip the
+    batches already trained on and restores the random state right before the first training step
+    after the resume. The sampler is told the epoch at every epoch start (also where Lightning
+    wraps it, e.g. under DDP).
+    """
+
+    def __init__(self, loader: Any) -> None:
+        self.loader = loader
+        self._pending: dict[str, Any] | None = None
+
+    def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+        self.loader.sampler.set_epoch(trainer.current_epoch)
+
+    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        if self._pending is not None:
+            set_rng_states(self._pending)
+            self._pending = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rng": rng_states(), "loader": self.loader.position()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # called while the checkpoint is restored, before any batch is drawn
+        self._pending = state_dict.get("rng")
+        if state_dict.get("loader"):
+            self.loader.resume_at(state_dict["loader"])
+
+
+class StopRequest(L.pytorch.Callback):
+    """Ends training at the end of the current batch once :meth:`request` was called (the first
+    Ctrl-C): the KeyboardInterrupt then comes where the training state is whole, so the saved
+    ``last.ckpt`` resumes into exactly the uninterrupted run."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def request(self) -> None:
+        self.requested = True
+
+    def on_train_batch_end(
+        self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+
+
+class EpochBar(RichProgressBar):
+    """Lightning's rich progress bar, counting epochs from 1 like ``history.json`` and prefixed with
+    ``label`` (e.g. the cross-validation fold)."""
+
+    def __init__(self, label: str | None = None) -> None:
+        super().__init__(leave=True)
+        self.label = label
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        text = f"Epoch {current_epoch + 1}"
+        if self.trainer.max_epochs is not None and self.trainer.max_epochs > 0:
+            text += f"/{self.trainer.max_epochs}"
+        if self.label:
+            text = f"{self.label} {text}"
+        if len(self.validation_description) > len(text):
+            text = f"{text:{len(self.validation_description)}}"
+        return text

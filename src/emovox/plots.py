@@ -226,18 +226,9 @@ def _extractor() -> Any:
     return FeatureExtractor(FeatureConfig(sets=_FRAME_SETS, deltas=False)).eval()
 
 
-def frame_features(wave: np.ndarray) -> dict[str, np.ndarray]:
-    """Frame features of one clip by name: ``logmel`` [64, F] (dB), ``mfcc`` [40, F], ``rms`` [F],
-    ``f0`` [F] (Hz) and ``voicing`` [F] (0..1), from :class:`emovox.features.FeatureExtractor`."""
-    import torch
-
-    extractor = _extractor()
-    cfg = extractor.cfg
-    with torch.no_grad():
-        feats, frames = extractor(
-            torch.from_numpy(wave[None, :].astype(np.float32)), torch.tensor([wave.size])
-        )
-    x = feats[0, :, : int(frames[0])].numpy()
+def _named_blocks(x: np.ndarray) -> dict[str, np.ndarray]:
+    """Split one clip's frame features ``[C, F]`` from :func:`_extractor` into named blocks."""
+    cfg = _extractor().cfg
     blocks: dict[str, np.ndarray] = {}
     start = 0
     for name in _FRAME_SETS:
@@ -251,36 +242,94 @@ def frame_features(wave: np.ndarray) -> dict[str, np.ndarray]:
     return blocks
 
 
+def frame_features(wave: np.ndarray) -> dict[str, np.ndarray]:
+    """Frame features of one clip by name: ``logmel`` [64, F] (dB), ``mfcc`` [40, F], ``rms`` [F],
+    ``f0`` [F] (Hz) and ``voicing`` [F] (0..1), from :class:`emovox.features.FeatureExtractor`."""
+    import torch
+
+    extractor = _extractor()
+    with torch.no_grad():
+        feats, frames = extractor(
+            torch.from_numpy(wave[None, :].astype(np.float32)), torch.tensor([wave.size])
+        )
+    return _named_blocks(feats[0, :, : int(frames[0])].numpy())
+
+
+def frame_features_many(
+    waves: Sequence[np.ndarray], *, progress: bool = False
+) -> list[dict[str, np.ndarray]]:
+    """:func:`frame_features` of many clips: computed in padded batches, once per clip, through the
+    on-disk feature cache (:func:`emovox.cache.cached_features`), so redrawing a report or
+    evaluating the same clips again recomputes nothing."""
+    from emovox.cache import cached_features
+
+    return [_named_blocks(x) for x in cached_features(list(waves), _extractor(), progress=progress)]
+
+
+def mfcc_for_display(mfcc: np.ndarray) -> np.ndarray:
+    """MFCCs 1.. (c0, the log energy, dropped) each standardised over time, for an image whose colour
+    shows the spectral shape; raw, c0 alone spans the colour scale and the rest is one flat colour."""
+    rest = np.asarray(mfcc[1:], dtype=np.float64)
+    std = rest.std(axis=1, keepdims=True)
+    return (rest - rest.mean(axis=1, keepdims=True)) / np.where(std > 0, std, 1.0)
+
+
+def _envelope(wave: np.ndarray, sr: int, points: int = 1500) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(time, min, max)`` of ``wave`` over ``points`` equal stretches: what a waveform plot shows at
+    report size, drawn far faster than every sample."""
+    wave = np.asarray(wave, dtype=np.float32)
+    if wave.size <= 2 * points:
+        t = np.arange(wave.size) / sr
+        return t, wave, wave
+    edges = np.linspace(0, wave.size, points + 1).astype(int)
+    low = np.minimum.reduceat(wave, edges[:-1])
+    high = np.maximum.reduceat(wave, edges[:-1])
+    return edges[:-1] / sr, low, high
+
+
 def plot_examples(
-    utts: Sequence[Utterance], waves: Mapping[Path, np.ndarray], out: str | Path, *, sr: int = SAMPLE_RATE
+    utts: Sequence[Utterance],
+    waves: Mapping[Path, np.ndarray],
+    out: str | Path,
+    *,
+    sr: int = SAMPLE_RATE,
+    progress: bool = False,
 ) -> Path:
-    """One example per emotion: waveform, log-mel spectrogram and MFCCs, one row per emotion."""
+    """One example per emotion: waveform, log-mel spectrogram and MFCCs 1.. (per coefficient
+    standardised, see :func:`mfcc_for_display`), one row per emotion."""
     examples = _one_per_emotion(utts, waves)
     if not examples:
         raise ValueError("no utterance with loaded audio to plot")
     hop = _extractor().cfg.hop_length
+    features = frame_features_many([waves[u.path] for u in examples], progress=progress)
     fig, axes = plt.subplots(len(examples), 3, figsize=(14, 2.1 * len(examples) + 0.6), squeeze=False)
-    for row, u in zip(axes, examples, strict=True):
+    for row, u, feats in zip(axes, examples, features, strict=True):
         wave = waves[u.path]
-        t = np.arange(wave.size) / sr
-        row[0].plot(t, wave, linewidth=0.4, color="#4c72b0")
-        row[0].set_xlim(0, t[-1] if t.size else 1)
+        t, low, high = _envelope(wave, sr)
+        row[0].fill_between(t, low, high, linewidth=0.4, color="#4c72b0")
+        row[0].set_xlim(0, max(wave.size / sr, 1 / sr))
         row[0].set_ylabel(u.emotion, fontsize=11, fontweight="bold")
-        feats = frame_features(wave)
-        logmel, mfcc = feats["logmel"], feats["mfcc"]
+        logmel, mfcc = feats["logmel"], mfcc_for_display(feats["mfcc"])
         extent = (0, logmel.shape[1] * hop / sr)
         row[1].imshow(
             logmel, origin="lower", aspect="auto", cmap="magma", extent=(*extent, 0, logmel.shape[0])
         )
         row[2].imshow(
-            mfcc, origin="lower", aspect="auto", cmap="coolwarm", extent=(*extent, 0, mfcc.shape[0])
+            mfcc,
+            origin="lower",
+            aspect="auto",
+            cmap="coolwarm",
+            vmin=-3,
+            vmax=3,
+            extent=(*extent, 1, mfcc.shape[0] + 1),
         )
         row[1].set_ylabel("mel band", fontsize=8)
         row[2].set_ylabel("MFCC", fontsize=8)
         row[0].text(
             0.01, 0.97, f"{Path(u.path).name} ({u.speaker})", transform=row[0].transAxes, fontsize=7, va="top"
         )
-    for ax, name in zip(axes[0], ("waveform", "log-mel spectrogram (dB)", "MFCC"), strict=True):
+    titles = ("waveform", "log-mel spectrogram (dB)", "MFCC 1.. (each standardised over time)")
+    for ax, name in zip(axes[0], titles, strict=True):
         ax.set_title(name, fontsize=10)
     for ax in axes[-1]:
         ax.set_xlabel("time (s)")
@@ -288,14 +337,17 @@ def plot_examples(
     return _save(fig, Path(out))
 
 
-def utterance_descriptors(wave: np.ndarray, sr: int = SAMPLE_RATE) -> dict[str, float]:
+def utterance_descriptors(
+    wave: np.ndarray, sr: int = SAMPLE_RATE, *, feats: Mapping[str, np.ndarray] | None = None
+) -> dict[str, float]:
     """Interpretable per-utterance descriptors: mean F0 of voiced frames, mean energy, MFCC1, duration.
 
     F0 is the YIN track of :func:`frame_features` over frames with voicing above 0.5 and energy
     within 30 dB of the loudest frame (so silence and noise do not drag the mean); energy is the
-    mean frame RMS in dB over the frames within 30 dB of the loudest.
+    mean frame RMS in dB over the frames within 30 dB of the loudest. ``feats`` are the clip's
+    :func:`frame_features` when already computed.
     """
-    feats = frame_features(wave)
+    feats = feats if feats is not None else frame_features(wave)
     rms_db = 20 * np.log10(feats["rms"] + 1e-8)
     loud = rms_db > rms_db.max() - 30
     voiced = loud & (feats["voicing"] > 0.5)
@@ -312,14 +364,16 @@ def plot_feature_distributions(
     waves: Mapping[Path, np.ndarray],
     out: str | Path,
     *,
-    per_emotion: int = 40,
+    per_emotion: int = 24,
     seed: int = 0,
     sr: int = SAMPLE_RATE,
+    progress: bool = False,
 ) -> Path:
     """Box plots of mean F0, energy, MFCC1 and duration per emotion (up to ``per_emotion`` clips each).
 
     Shows whether emotions differ along the prosodic dimensions the literature relies on (e.g.
-    angry/happy louder and higher than sad) before any model is trained.
+    angry/happy louder and higher than sad) before any model is trained. The clips' features are
+    computed together, through the feature cache (:func:`frame_features_many`).
     """
     rng = np.random.default_rng(seed)
     by_emotion: dict[str, list[Utterance]] = {}
@@ -329,14 +383,17 @@ def plot_feature_distributions(
     if not by_emotion:
         raise ValueError("no utterance with loaded audio to plot")
     emotions = list(by_emotion)
-    values: dict[str, dict[str, list[float]]] = {}
+    picked: list[tuple[str, Utterance]] = []
     for emotion in emotions:
         pool = by_emotion[emotion]
-        picked = rng.choice(len(pool), size=min(per_emotion, len(pool)), replace=False)
-        for i in sorted(picked):
-            for name, value in utterance_descriptors(waves[pool[i].path], sr).items():
-                if not math.isnan(value):
-                    values.setdefault(name, {}).setdefault(emotion, []).append(value)
+        chosen = rng.choice(len(pool), size=min(per_emotion, len(pool)), replace=False)
+        picked += [(emotion, pool[i]) for i in sorted(chosen)]
+    features = frame_features_many([waves[u.path] for _, u in picked], progress=progress)
+    values: dict[str, dict[str, list[float]]] = {}
+    for (emotion, u), feats in zip(picked, features, strict=True):
+        for name, value in utterance_descriptors(waves[u.path], sr, feats=feats).items():
+            if not math.isnan(value):
+                values.setdefault(name, {}).setdefault(emotion, []).append(value)
     names = list(values)
     fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 4.2), squeeze=False)
     for ax, name in zip(axes[0], names, strict=True):

@@ -9,6 +9,8 @@ reports; nothing below imports it.
 
 from __future__ import annotations
 
+import json
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,13 +35,85 @@ BUNDLE_DIR = "model"  # the run folder's bundle (docs/architecture.md, run direc
 # --------------------------------------------------------------------------- run folders
 
 
-def new_run_dir(out: str | Path | None, name: str, *, parent: str | Path = "runs") -> Path:
-    """``out`` if given, else ``<parent>/<name>-<YYYYmmdd-HHMMSS>/`` (the run-directory contract); created."""
+RUN_MARKER = ".emovox-run"
+"""A JSON file (``{"kind", "emovox_version"}``) that marks a folder as an emovox run folder."""
+_RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def check_run_name(name: str) -> str:
+    """``name`` if it can name a run folder: letters, digits, ``.``, ``_``, ``-`` (no path separators,
+    no ``..``, at most 100 characters); else a :class:`ConfigError`."""
+    if not _RUN_NAME.fullmatch(name) or ".." in name:
+        raise ConfigError(
+            f"name: {name!r} cannot name a run folder (use letters, digits, '.', '_' and '-'; "
+            "no '/' or '..'); pass --out to choose the folder itself"
+        )
+    return name
+
+
+def is_run_dir(path: str | Path) -> bool:
+    """Whether ``path`` is a folder emovox wrote a run into (its marker, or, for runs from before
+    the marker, both ``report.md`` and ``metrics.json``)."""
+    path = Path(path)
+    return (path / RUN_MARKER).is_file() or (
+        (path / "report.md").is_file() and (path / "metrics.json").is_file()
+    )
+
+
+def check_out_dir(out: str | Path, kind: str) -> Path:
+    """Refuse an ``--out`` that would overwrite something that is not an emovox run: a file, or a
+    folder that is neither empty nor a run folder (nor one of another kind of run)."""
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{path}: is a file, not a folder; --out needs a new, empty or run folder")
+    if not path.is_dir() or not any(path.iterdir()):
+        return path
+    if not is_run_dir(path):
+        shown = ", ".join(sorted(p.name for p in path.iterdir())[:3])
+        raise ConfigError(
+            f"{path}: exists and is not an emovox run folder (it holds {shown}, ...); choose a new or "
+            "empty folder for --out, so that nothing in it is overwritten"
+        )
+    marker = path / RUN_MARKER
+    found = _marker_kind(marker) if marker.is_file() else None
+    if found is not None and found != kind:
+        raise ConfigError(f"{path}: holds an emovox {found} run, not a {kind} run; choose another --out")
+    return path
+
+
+def _marker_kind(marker: Path) -> str | None:
+    try:
+        return str(json.loads(marker.read_text()).get("kind"))
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def new_run_dir(
+    out: str | Path | None, name: str, *, kind: str = "evaluate", parent: str | Path = "runs"
+) -> Path:
+    """``out`` if given, else ``<parent>/<name>-<YYYYmmdd-HHMMSS>/`` (the run-directory contract):
+    checked (:func:`check_run_name`, :func:`check_out_dir`), created and marked as a ``kind`` run."""
     from datetime import datetime
 
-    path = Path(out) if out is not None else Path(parent) / f"{name}-{datetime.now():%Y%m%d-%H%M%S}"
-    path.mkdir(parents=True, exist_ok=True)
+    if out is None:
+        path = Path(parent) / f"{check_run_name(name)}-{datetime.now():%Y%m%d-%H%M%S}"
+    else:
+        path = check_out_dir(out, kind)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot create the run folder ({exc.strerror or exc})") from None
+    mark_run_dir(path, kind)
     return path
+
+
+def mark_run_dir(path: str | Path, kind: str) -> None:
+    """Write the run marker into ``path`` (unless there is one already)."""
+    from emovox._version import __version__
+
+    marker = Path(path) / RUN_MARKER
+    if not marker.is_file():
+        marker.write_text(json.dumps({"kind": kind, "emovox_version": __version__}) + "\n")
 
 
 def train_run_dir(cfg: RunConfig, out: str | Path | None) -> Path:
@@ -47,16 +121,12 @@ def train_run_dir(cfg: RunConfig, out: str | Path | None) -> Path:
 
     A folder that already holds a training run (checkpoints) is refused: continue it with ``--resume``.
     """
-    from datetime import datetime
-
-    name = cfg.name or cfg.model.family
-    target = Path(out) if out is not None else Path(cfg.out) / f"{name}-{datetime.now():%Y%m%d-%H%M%S}"
-    if any((target / fitting.CHECKPOINT_DIR).glob("*.ckpt")):
+    name = check_run_name(cfg.name or cfg.model.family)
+    if out is not None and any((Path(out) / fitting.CHECKPOINT_DIR).glob("*.ckpt")):
         raise ConfigError(
-            f"{target}: already holds a training run; continue it with --resume {target} "
-            "or choose another --out"
+            f"{out}: already holds a training run; continue it with --resume {out} or choose another --out"
         )
-    return new_run_dir(target, name)
+    return new_run_dir(out, name, kind="train", parent=cfg.out)
 
 
 # --------------------------------------------------------------------------- emovox train
@@ -168,6 +238,15 @@ def training_split(cfg: RunConfig, *, source: str = "config") -> TrainingSplit:
     )
 
 
+def check_resume(cfg: RunConfig, split: TrainingSplit, run_dir: str | Path) -> None:
+    """Before a resumed run loads audio: its ``last.ckpt`` can continue ``cfg`` on ``split``
+    (:func:`emovox.fitting.check_resumable`), and its family writes checkpoints at all."""
+    if not FITTERS[cfg.model.family].resumable:
+        raise ConfigError(f"{run_dir}: {cfg.model.family} runs have no checkpoints to resume; train again")
+    last = Path(run_dir) / fitting.CHECKPOINT_DIR / fitting.LAST_CHECKPOINT
+    fitting.check_resumable(last, cfg, fitting.label_set(split.train))
+
+
 def is_global_zero() -> bool:
     """False in the extra processes of a multi-process (DDP) run, which must not write results."""
     import os
@@ -239,6 +318,7 @@ def _run_training(
     run_dir.mkdir(parents=True, exist_ok=True)
     split = split if split is not None else training_split(cfg, source=source)
     if is_global_zero():
+        mark_run_dir(run_dir, "train")
         cfg.dump(run_dir / "config.yaml")
     min_duration = float(DEFAULT_PREPROCESSING["min_duration"])
     waves, skipped = load_waves(
@@ -425,14 +505,61 @@ def resolve_model_path(model: str | Path) -> str | Path:
     return path
 
 
-def _training_speakers(meta: Mapping[str, Any]) -> set[str] | None:
-    """The speakers a bundle was trained on, when its ``training`` summary records them."""
-    speakers = (meta.get("training") or {}).get("speakers")
-    if isinstance(speakers, Mapping):
-        return {str(s) for s in speakers}
-    if isinstance(speakers, list):
-        return {str(s) for s in speakers}
+def _speaker_set(value: Any) -> set[str] | None:
+    """Speaker ids recorded as a list / mapping (or a comma-separated string); None otherwise."""
+    if isinstance(value, (Mapping, list, tuple)):
+        return {str(s) for s in value}
+    if isinstance(value, str) and value.strip():
+        return {s.strip() for s in value.split(",") if s.strip()}
     return None
+
+
+# corpora whose speaker ids are not global: "folder:spk1" could be anyone
+_LOCAL_SPEAKER_IDS = {"folder", "manifest", "unknown"}
+
+
+def leak_check(meta: Mapping[str, Any], test_speakers: Sequence[str]) -> dict[str, Any]:
+    """Were any of ``test_speakers`` among the speakers the bundle (``meta``) was trained on?
+
+    Returns ``{"status": "leak" | "clean" | "unknown", "leaked": [...], "reason": str,
+    "training_speakers": [...] | None, "training_speaker_count": int | None}``. Bundles written by
+    ``emovox train`` record every speaker id they saw; an older bundle may record only a count
+    (the shipped default model: 16), so that leakage can be ruled out only when the test speakers
+    come from a corpus the model was not trained on.
+    """
+    training = meta.get("training") or {}
+    tested = set(test_speakers)
+    recorded = training.get("speakers")
+    known = _speaker_set(recorded)
+    count = int(recorded) if isinstance(recorded, int) and not isinstance(recorded, bool) else None
+    out: dict[str, Any] = {"training_speakers": None, "training_speaker_count": count}
+    if known is not None:
+        leaked = sorted(tested & known)
+        out.update(training_speakers=sorted(known), training_speaker_count=len(known), leaked=leaked)
+        reason = "the bundle records its training speakers"
+        return {**out, "status": "leak" if leaked else "clean", "reason": reason}
+    partial: set[str] = set()
+    for key in ("train_speakers", "val_speakers", "validation speakers"):
+        partial |= _speaker_set(training.get(key)) or set()
+    if tested & partial:
+        reason = "some of the model's training / validation speakers are recorded"
+        return {**out, "status": "leak", "leaked": sorted(tested & partial), "reason": reason}
+    what = (
+        f"the model records only how many speakers it was trained on ({count}), not which"
+        if count is not None
+        else "the model does not record which speakers it was trained on"
+    )
+    corpora = training.get("corpora")
+    prefixes = {s.split(":", 1)[0] for s in tested}
+    if (
+        isinstance(corpora, list)
+        and corpora
+        and all(isinstance(c, str) for c in corpora)
+        and not prefixes & (set(corpora) | _LOCAL_SPEAKER_IDS)
+    ):
+        reason = f"{what}, but it was trained on {', '.join(corpora)} and the test speakers are not"
+        return {**out, "status": "clean", "leaked": [], "reason": reason}
+    return {**out, "status": "unknown", "leaked": [], "reason": what}
 
 
 def run_evaluation(
@@ -444,29 +571,44 @@ def run_evaluation(
     shared_only: bool = False,
     device: str = "cpu",
     out: str | Path | None = None,
+    plots: bool = True,
     progress: bool = True,
 ) -> tuple[dict[str, Any], Path]:
     """Everything ``emovox evaluate`` does: score a saved model on a labelled corpus (optionally only
-    ``speakers``) into a run folder (``out``, else ``runs/eval-<time>/``).
+    ``speakers``) into a run folder (``out``, else ``runs/eval-<time>/``). Each clip is decoded once,
+    for scoring and for the report's data figures; ``plots=False`` leaves the figures out.
 
     Returns ``(metrics, report.md)``.
     """
     from emovox.bundle import read_meta
 
-    read_meta(resolve_model_path(model))  # a bad model fails before the corpus is scanned
+    meta = read_meta(resolve_model_path(model))  # a bad model or --out fails before the corpus is scanned
+    if out is not None:
+        check_out_dir(out, "evaluate")
     utts = load_corpus(data_path, corpus).utterances
     if speakers:
-        utts = [utts[i] for i in sp.holdout_speakers(utts, list(speakers)).test]
-    metrics = evaluate_bundle(model, utts, shared_only=shared_only, device=device, progress=progress)
-    run_dir = new_run_dir(out, "eval")
+        utts = sp.select_speakers(utts, speakers)  # every speaker of the corpus may be a test speaker
+    prep = meta["preprocessing"]
+    waves, skipped = load_waves(
+        utts, trim=bool(prep["trim_silence"]), min_duration=float(prep["min_duration"]), progress=progress
+    )
+    metrics = evaluate_bundle(
+        model, utts, waves=waves, shared_only=shared_only, device=device, progress=progress
+    )
+    metrics["skipped"] = [{"path": str(p), "reason": r} for p, r in skipped]
+    run_dir = new_run_dir(out, "eval", kind="evaluate")
     title = f"Evaluation of {metrics['model']['path']} on {data_path}"
-    return metrics, write_report(run_dir, metrics, title=title, data_utts=utts)
+    report = write_report(
+        run_dir, metrics, title=title, data_utts=utts, waves=waves, plots=plots, progress=progress
+    )
+    return metrics, report
 
 
 def evaluate_bundle(
     model: str | Path,
     utts: Sequence[Utterance],
     *,
+    waves: Mapping[Path, np.ndarray] | None = None,
     shared_only: bool = False,
     device: str = "cpu",
     progress: bool = True,
@@ -474,25 +616,39 @@ def evaluate_bundle(
     """Evaluate a saved model (bundle folder, run folder or ``"default"``) on ``utts``.
 
     Audio is loaded with the bundle's recorded preprocessing (silence trimming, minimum duration),
-    exactly as in training. When the bundle records its training speakers, any test speaker among
-    them is listed under ``leaked_speakers`` and the result is flagged ``speaker_leak``, because
-    such a score is not speaker-independent.
+    exactly as in training, unless ``waves`` (path -> waveform, loaded that way) has it; utterances
+    missing from ``waves`` are then left out (they could not be loaded). When the bundle records
+    its training speakers, any test speaker among them is listed under ``leaked_speakers`` and the
+    result is flagged ``speaker_leak``, because such a score is not speaker-independent;
+    ``leak_check`` says whether leakage was ruled out, found, or cannot be ruled out (a bundle
+    that records only a count of speakers, see :func:`leak_check`).
     """
     from emovox.predict import Recognizer
 
     rec = Recognizer.load(resolve_model_path(model), device=device)
+    if waves is not None:
+        utts = [u for u in utts if u.path in waves]
+        if not utts:
+            raise CorpusError("none of the test files could be loaded")
     metrics = evaluate_model(
-        rec, utts, shared_only=shared_only, trim=rec.trim, min_duration=rec.min_duration, progress=progress
+        rec,
+        utts,
+        waves,
+        shared_only=shared_only,
+        trim=rec.trim,
+        min_duration=rec.min_duration,
+        progress=progress,
     )
-    trained_on = _training_speakers(rec.meta)
-    leaked = sorted(set(metrics["per_speaker"]) & trained_on) if trained_on is not None else []
+    check = leak_check(rec.meta, list(metrics["per_speaker"]))
     metrics["model"] = {
         "path": rec.meta["path"],
         "family": rec.meta["model"].get("family"),
         "labels": rec.labels,
         "preprocessing": rec.meta["preprocessing"],
-        "training_speakers": sorted(trained_on) if trained_on is not None else None,
+        "training_speakers": check["training_speakers"],
+        "training_speaker_count": check["training_speaker_count"],
     }
-    metrics["leaked_speakers"] = leaked
-    metrics["speaker_leak"] = bool(leaked)
+    metrics["leak_check"] = {"status": check["status"], "reason": check["reason"]}
+    metrics["leaked_speakers"] = check["leaked"]
+    metrics["speaker_leak"] = check["status"] == "leak"
     return metrics

@@ -105,6 +105,15 @@ def _match_speakers(utts: Sequence[Utterance], wanted: Iterable[str]) -> set[str
     return matched
 
 
+def select_speakers(utts: Sequence[Utterance], speakers: Iterable[str]) -> list[Utterance]:
+    """The utterances of ``speakers`` (``ravdess:05`` or an unambiguous bare id such as ``05``), e.g.
+    the test speakers to evaluate a saved model on; unknown or ambiguous names are a CorpusError."""
+    chosen = _match_speakers(utts, speakers)
+    if not chosen:
+        raise CorpusError("no speaker chosen")
+    return [u for u in utts if u.speaker in chosen]
+
+
 def holdout_speakers(utts: Sequence[Utterance], test_speakers: Iterable[str]) -> Split:
     """Train on every speaker except ``test_speakers``; test on those."""
     chosen = _match_speakers(utts, test_speakers)

@@ -76,10 +76,12 @@ def fit_svm(
     resume: bool = False,
     progress: bool = True,
     callbacks: Sequence[Any] = (),
+    label: str | None = None,
 ) -> FitResult:
     """Choose C on the validation speakers (unweighted accuracy), then fit with Platt probabilities.
 
-    Nothing is checkpointed, so there is nothing to ``resume``; ``callbacks`` (Lightning's) do not apply.
+    Nothing is checkpointed, so there is nothing to ``resume``; ``callbacks`` (Lightning's) and
+    ``label`` (of the epoch progress line) do not apply.
     """
     from sklearn.metrics import balanced_accuracy_score
     from sklearn.pipeline import make_pipeline
