@@ -282,3 +282,44 @@ def test_ray_predict_benchmark_runs(cluster, tmp_path: Path) -> None:
     assert results["files"] == 4 and set(results["results"]) == {"local emovox predict", "ray 1 worker"}
     for r in results["results"].values():
         assert r["files_per_s"] > 0 and r["agreement_with_local"] == 1.0
+
+
+def test_encoder_embeddings_on_ray_are_the_cache_entries_training_reads(
+    cluster, clips, tmp_path: Path
+) -> None:
+    """extract_embeddings + EncoderEmbedder fills the cache under training's keys (trimmed clips)."""
+    transformers = pytest.importorskip("transformers")
+    import torch
+
+    from emovox.cache import cached_features
+    from emovox.corpora import Utterance, load_waves
+    from emovox.encoders import load_encoder
+
+    cfg = transformers.WhisperConfig(
+        d_model=16, encoder_layers=2, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
+        encoder_ffn_dim=32, decoder_ffn_dim=32, num_mel_bins=80, vocab_size=64, max_target_positions=16,
+        pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=1,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    source = tmp_path / "tiny-whisper"
+    transformers.WhisperModel(cfg).save_pretrained(source)
+    files = clips["good"][:3]
+    cache_dir = tmp_path / "cache"
+    result = distributed.extract_embeddings(
+        files,
+        tmp_path / "emb",
+        embedder=lambda: distributed.EncoderEmbedder(str(source), "all", trim=True),
+        params=distributed.encoder_embedding_params(str(source), "all"),
+        cache_dir=cache_dir,
+        workers=1,
+        batch_size=2,
+    )
+    assert (result.processed, result.failed) == (3, 0)
+    utts = [Utterance(path=Path(f), emotion="neutral", speaker="x:1", corpus="x", label="n") for f in files]
+    waves, _ = load_waves(utts, trim=True, progress=False)
+    cache = FeatureCache(cache_dir)
+    feats = cached_features(
+        [waves[u.path] for u in utts], load_encoder(str(source), "all"), cache, progress=False
+    )
+    assert cache.hits == 3 and cache.misses == 0  # training finds every clip prepared on the cluster
+    assert all(f.dtype == np.float16 and f.shape[0] == 3 * 16 for f in feats)

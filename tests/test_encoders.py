@@ -196,3 +196,24 @@ def test_speaker_normalised_encoder_model_trains_predicts_and_round_trips(
     np.testing.assert_allclose([p.confidence for p in by_rec], grouped.max(1), atol=1e-4)
     with pytest.raises(EncoderError.__mro__[1], match="normalize"):
         rec.predict(names, normalize="bogus")
+
+
+@pytest.mark.slow
+def test_encoder_model_exports_to_onnx_and_matches_pytorch(tiny_whisper: Path, tmp_path: Path) -> None:
+    """The whole waveform -> probabilities path (log-mel, Whisper layers, head) in onnxruntime."""
+    import onnxruntime as ort
+
+    from emovox.export import export_onnx
+
+    net = EmotionNet(
+        FeatureConfig(), "encoder", {"encoder": str(tiny_whisper), "hidden": 16}, ["a", "b", "c"]
+    )
+    result = export_onnx(net.eval(), tmp_path / "m.onnx")  # verified alone and batched inside
+    assert result.max_abs_diff < 1e-4
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    waves = [_speechlike(2.7, 7), _speechlike(1.1, 8)]  # lengths the export never saw
+    wave, lengths = pad_batch(waves)
+    got = session.run(None, {"wave": wave.numpy(), "lengths": lengths.numpy()})[0]
+    with torch.no_grad():
+        expected = torch.softmax(net(wave, lengths), dim=-1).numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-4)

@@ -880,11 +880,53 @@ def _names(inputs: Any) -> list[str]:
 
 
 class Embedder(Protocol):
-    """What :func:`extract_embeddings` runs: waves at ``sample_rate`` in, one array per wave out."""
+    """What :func:`extract_embeddings` runs: waves at ``sample_rate`` in, one array per wave out.
+
+    An optional ``prepare(wave, name) -> wave`` runs on each decoded clip before its cache key is
+    taken (the preprocessing training applies, so the keys are the ones training looks up)."""
 
     sample_rate: int
 
     def __call__(self, waves: Sequence[np.ndarray]) -> Sequence[np.ndarray]: ...
+
+
+class EncoderEmbedder:
+    """The encoder family's cached front end as a Ray embedder: frozen encoder hidden states
+    ``[C, F]`` (float16), keyed exactly as :func:`emovox.cache.cached_features` keys them in
+    training (``params`` = :func:`encoder_embedding_params`), so ``emovox train`` / ``cv`` over the
+    same clips and cache finds them all. Clips are trimmed (``trim``) and checked like training's."""
+
+    def __init__(
+        self, encoder: str, layers: Any = "all", *, trim: bool = True, min_duration: float = 0.0
+    ) -> None:
+        from emovox.encoders import load_encoder
+
+        self.encoder = load_encoder(encoder, layers).eval()
+        self.sample_rate = self.encoder.cfg.sample_rate
+        self.trim = trim
+        self.min_duration = min_duration
+
+    def prepare(self, wave: np.ndarray, name: str) -> np.ndarray:
+        from emovox.audio import prepare_waveform
+
+        return prepare_waveform(
+            wave, self.sample_rate, trim=self.trim, min_duration=self.min_duration, name=name
+        )
+
+    def __call__(self, waves: Sequence[np.ndarray]) -> list[np.ndarray]:
+        from emovox.features import extract_batched
+
+        feats = extract_batched(self.encoder, list(waves), batch_size=16, progress=False)
+        return [f.astype(self.encoder.cache_dtype) for f in feats]
+
+
+def encoder_embedding_params(encoder: str, layers: Any = "all") -> dict[str, Any]:
+    """``params`` for :func:`extract_embeddings` with an :class:`EncoderEmbedder` of the same
+    ``encoder`` / ``layers``: the parameter part of the training cache key."""
+    from emovox.cache import feature_key
+    from emovox.encoders import load_encoder
+
+    return feature_key(load_encoder(encoder, layers).cfg)
 
 
 def embedding_key(wave: np.ndarray, params: Mapping[str, Any]) -> str:
@@ -937,6 +979,13 @@ def embed_batch(state: tuple[Embedder, Any], paths: list[str], *, params: Mappin
         except Exception as exc:  # a bad file never fails the job
             rows.append(error_row(path, exc))
             continue
+        prepare = getattr(embedder, "prepare", None)  # e.g. silence trimming, as training loads clips
+        if prepare is not None:
+            try:
+                wave = prepare(wave, path)
+            except Exception as exc:
+                rows.append(error_row(path, exc))
+                continue
         key = embedding_key(wave, params)
         duration = round(wave.size / embedder.sample_rate, 4)
         cached = cache.get(key)
