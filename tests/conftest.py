@@ -62,3 +62,19 @@ def speech_wav(tmp_path: Path) -> Path:
     path = tmp_path / "speech.wav"
     sf.write(path, np.stack([wave, 0.5 * wave], axis=1), 22_050, subtype="PCM_16")
     return path
+
+
+def make_tiny_whisper(path: Path, *, d_model: int = 32, layers: int = 3, seed: int = 0) -> Path:
+    """A tiny randomly initialised Whisper (Hugging Face folder) built from a config: no download."""
+    import torch
+    import transformers
+
+    cfg = transformers.WhisperConfig(
+        d_model=d_model, encoder_layers=layers, decoder_layers=1, encoder_attention_heads=2,
+        decoder_attention_heads=2, encoder_ffn_dim=2 * d_model, decoder_ffn_dim=2 * d_model, num_mel_bins=80,
+        vocab_size=64, max_target_positions=16, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+        decoder_start_token_id=1,
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    transformers.WhisperModel(cfg).save_pretrained(path)
+    return path

@@ -22,7 +22,7 @@ import pytest
 import soundfile as sf
 from typer.testing import CliRunner
 
-from conftest import REPO, synth_speech
+from conftest import REPO, make_tiny_whisper, synth_speech
 
 ray = pytest.importorskip("ray", reason='Ray is not installed (pip install "emovox[ray]")')
 pa = pytest.importorskip("pyarrow")
@@ -288,21 +288,13 @@ def test_encoder_embeddings_on_ray_are_the_cache_entries_training_reads(
     cluster, clips, tmp_path: Path
 ) -> None:
     """extract_embeddings + EncoderEmbedder fills the cache under training's keys (trimmed clips)."""
-    transformers = pytest.importorskip("transformers")
-    import torch
-
+    pytest.importorskip("transformers")
+    from conftest import make_tiny_whisper
     from emovox.cache import cached_features
     from emovox.corpora import Utterance, load_waves
     from emovox.encoders import load_encoder
 
-    cfg = transformers.WhisperConfig(
-        d_model=16, encoder_layers=2, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
-        encoder_ffn_dim=32, decoder_ffn_dim=32, num_mel_bins=80, vocab_size=64, max_target_positions=16,
-        pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=1,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    source = tmp_path / "tiny-whisper"
-    transformers.WhisperModel(cfg).save_pretrained(source)
+    source = make_tiny_whisper(tmp_path / "tiny-whisper", d_model=16, layers=2)
     files = clips["good"][:3]
     cache_dir = tmp_path / "cache"
     result = distributed.extract_embeddings(

@@ -11,6 +11,7 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
+from conftest import make_tiny_whisper  # noqa: E402
 from emovox.bundle import ENCODER_FILE, WEIGHTS_FILE, load_bundle, save_bundle  # noqa: E402
 from emovox.encoders import EncoderError, WhisperLogMel, load_encoder, parse_layers  # noqa: E402
 from emovox.errors import ConfigError  # noqa: E402
@@ -31,15 +32,7 @@ def _speechlike(seconds: float, seed: int) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def tiny_whisper(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    cfg = transformers.WhisperConfig(
-        d_model=32, encoder_layers=3, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
-        encoder_ffn_dim=64, decoder_ffn_dim=64, num_mel_bins=80, vocab_size=64, max_target_positions=16,
-        pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=1,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("whisper-tiny-random")
-    transformers.WhisperModel(cfg).save_pretrained(path)
-    return path
+    return make_tiny_whisper(tmp_path_factory.mktemp("whisper-tiny-random"))
 
 
 @pytest.fixture(scope="module")
