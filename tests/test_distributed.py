@@ -289,7 +289,6 @@ def test_encoder_embeddings_on_ray_are_the_cache_entries_training_reads(
 ) -> None:
     """extract_embeddings + EncoderEmbedder fills the cache under training's keys (trimmed clips)."""
     pytest.importorskip("transformers")
-    from conftest import make_tiny_whisper
     from emovox.cache import cached_features
     from emovox.corpora import Utterance, load_waves
     from emovox.encoders import load_encoder
