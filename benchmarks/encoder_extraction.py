@@ -6,7 +6,13 @@
 after an untimed warm-up batch.
 """
 
-import glob, time, torch, numpy as np
+from __future__ import annotations
+
+import glob
+import time
+
+import torch
+
 from emovox.audio import load_audio
 from emovox.encoders import load_encoder
 from emovox.features import extract_batched
@@ -22,6 +28,6 @@ for name in ("whisper-base", "whisper-tiny.en"):
         t = time.perf_counter()
         extract_batched(enc, waves, batch_size=16, progress=False)
         dt = time.perf_counter() - t
-        print(
-            f"{name} threads {threads}: {len(waves)} clips ({secs:.0f} s audio) in {dt:.1f} s = {1000 * dt / len(waves):.0f} ms/clip, RTF {dt / secs:.4f}"
-        )
+        per_clip = 1000 * dt / len(waves)
+        print(f"{name} threads {threads}: {len(waves)} clips ({secs:.0f} s audio) in {dt:.1f} s")
+        print(f"    {per_clip:.0f} ms per clip, real-time factor {dt / secs:.4f}")
