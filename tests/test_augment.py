@@ -248,3 +248,23 @@ def test_fit_augments_training_batches_only(tmp_path: Path) -> None:
         assert any(o.size == w.size and np.array_equal(w, o) for o in val_originals)
     probs = result.model.predict_proba(val_originals)
     np.testing.assert_array_equal(probs, result.model.predict_proba(val_originals))
+
+
+def test_channel_copies_are_seeded_per_speaker_and_copy() -> None:
+    from emovox.augment import AugmentConfig, channel_copies
+    from emovox.errors import ConfigError
+
+    waves = [synth_speech(0.6, 16_000, f0=120 + 10 * i, seed=i) for i in range(6)]
+    groups = ["a", "a", "a", "b", "b", "b"]
+    cfg = AugmentConfig(copies=2, channels=("noise", "gain", "telephone"))
+    first = channel_copies(waves, groups, cfg, seed=0)
+    again = channel_copies(waves, groups, cfg, seed=0)
+    copies, source, out_groups = first
+    assert len(copies) == 12 and sorted(source) == sorted(list(range(6)) * 2)
+    assert all(np.array_equal(x, y) for x, y in zip(copies, again[0], strict=True))  # same every run
+    assert len({g for g in out_groups}) == 4  # one channel per (speaker, copy): a session
+    assert all(c.shape == waves[i].shape and not np.array_equal(c, waves[i]) for c, i in zip(copies, source))
+    other = channel_copies(waves, groups, cfg, seed=1)[0]
+    assert not all(np.array_equal(x, y) for x, y in zip(copies, other, strict=True))
+    with pytest.raises(ConfigError, match="augment.channels"):
+        AugmentConfig(copies=1, channels=("bogus",))

@@ -10,6 +10,7 @@ see them. Mixup lives in the training config (``train.mixup``) because it mixes 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,10 @@ class AugmentConfig:
     faster); time shift in seconds (no roll-over: audio shifted out is dropped, silence shifted in);
     gain in dB. SpecAugment: ``time_masks`` masks of up to ``time_mask_width`` frames and
     ``freq_masks`` masks of up to ``freq_mask_width`` channels, on frame features only.
+    ``copies`` (encoder family with cached features): K degraded copies of every training clip,
+    each copy of a speaker's clips through one channel drawn from ``channels``
+    (:func:`emovox.degrade.random_channel`), seeded by the training seed, speaker and copy, so the
+    copies' features are cached and reused by every later fold and run.
     """
 
     noise_p: float = 0.0
@@ -58,6 +63,8 @@ class AugmentConfig:
     time_mask_width: int = 20
     freq_masks: int = 0
     freq_mask_width: int = 8
+    copies: int = 0
+    channels: tuple[str, ...] = ("telephone", "noise", "babble", "codec", "gain", "reverb")
 
     def __post_init__(self) -> None:
         self.validate()
@@ -86,7 +93,14 @@ class AugmentConfig:
                         f"{key}: must lie within [{low_limit:g}, {high_limit:g}], got {[lo, hi]}"
                     )
                 setattr(self, f.name, (lo, hi))
-            elif f.name in ("time_masks", "time_mask_width", "freq_masks", "freq_mask_width"):
+            elif f.name == "channels":
+                from emovox.degrade import CHANNELS
+
+                if not isinstance(value, (list, tuple)) or not value or not set(value) <= set(CHANNELS):
+                    known = ", ".join(CHANNELS)
+                    raise ConfigError(f"{key}: must be a list drawn from {known}, got {value!r}")
+                setattr(self, f.name, tuple(value))
+            elif f.name in ("time_masks", "time_mask_width", "freq_masks", "freq_mask_width", "copies"):
                 if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                     raise ConfigError(f"{key}: must be a non-negative integer, got {value!r}")
         if self.background_p > 0 and not self.background_dir:
@@ -113,6 +127,39 @@ class AugmentConfig:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def channel_copies(
+    waves: Sequence[np.ndarray], groups: Sequence[str], cfg: AugmentConfig, seed: int
+) -> tuple[list[np.ndarray], list[int], list[str]]:
+    """``cfg.copies`` degraded copies of ``waves``: ``(copies, source index of each, group of each)``.
+
+    Copy ``k`` of speaker (group) ``g`` goes through one channel drawn for ``(seed, g, k)``, with
+    per-clip parameters drawn for ``(seed, g, k, clip)``; babble uses other speakers' clips. The
+    copies are therefore the same in every run, and their cached features are reused."""
+    import zlib
+
+    from emovox.degrade import random_channel
+
+    keys = list(groups)
+    out: list[np.ndarray] = []
+    source: list[int] = []
+    out_groups: list[str] = []
+    for k in range(cfg.copies):
+        for g in sorted(set(keys)):
+            rng = np.random.default_rng(zlib.crc32(f"{seed}:{g}:{k}".encode()))
+            name, degrade = random_channel(cfg.channels, rng)
+            others = [waves[i] for i in range(len(waves)) if keys[i] != g][:: max(1, len(waves) // 64)]
+            for i in (i for i in range(len(waves)) if keys[i] == g):
+                clip_rng = np.random.default_rng(zlib.crc32(f"{seed}:{g}:{k}:{i}".encode()))
+                out.append(
+                    np.asarray(
+                        degrade(np.asarray(waves[i], dtype=np.float32), clip_rng, others), dtype=np.float32
+                    )
+                )
+                source.append(i)
+                out_groups.append(f"{g}#{name}{k}")
+    return out, source, out_groups
 
 
 class WaveAugment:

@@ -188,6 +188,38 @@ def speed(wave: np.ndarray, factor: float, *, sr: int = SR) -> np.ndarray:
     return soxr.resample(wave, sr * factor, sr).astype(np.float32)
 
 
+#: Channel families :func:`random_channel` draws from (training copies of the encoder family).
+CHANNELS = ("telephone", "noise", "babble", "codec", "gain", "reverb")
+
+
+def random_channel(
+    channels: Sequence[str], rng: np.random.Generator
+) -> tuple[str, Callable[[np.ndarray, np.random.Generator, Sequence[np.ndarray]], np.ndarray]]:
+    """One channel, drawn once per recording session: its name and a function of (wave, rng, others)
+    that degrades each clip with per-clip random parameters in the issue's ranges (noise 0-20 dB SNR
+    white/pink/brown, babble 0-20 dB, telephone with or without mu-law, MP3 32-96 / Opus 12-32
+    kbit/s, gain -30..+10 dB clipped, reverberation RT60 0.2-0.8 s)."""
+    name = str(rng.choice(list(channels)))
+    if name not in CHANNELS:
+        raise ValueError(f"channel: expected one of {', '.join(CHANNELS)}, got {name!r}")
+    if name == "telephone":
+        mulaw = bool(rng.integers(2))
+        return name, lambda w, r, o: telephone(w, mulaw=mulaw)
+    if name == "noise":
+        color = str(rng.choice(list(_COLORS)))
+        return name, lambda w, r, o: add_noise(w, float(r.uniform(0, 20)), color, rng=r)
+    if name == "babble":
+        return name, lambda w, r, o: add_babble(w, o, float(r.uniform(0, 20)), rng=r)
+    if name == "codec":
+        fmt = str(rng.choice(["mp3", "opus"]))
+        rates = [32, 48, 64, 96] if fmt == "mp3" else [12, 16, 24, 32]  # a few rates: one bisection each
+        kbps = int(rng.choice(rates))
+        return name, lambda w, r, o: codec(w, fmt, kbps)
+    if name == "gain":
+        return name, lambda w, r, o: gain(w, float(r.uniform(-30, 10)))
+    return name, lambda w, r, o: reverb(w, float(r.uniform(0.2, 0.8)), rng=r)
+
+
 #: Test conditions of the robustness benchmark: name -> (description, function(wave, rng, others)).
 CONDITIONS: dict[str, tuple[str, Callable[..., np.ndarray]]] = {
     "clean": ("as recorded", lambda w, rng, others: w),
@@ -210,7 +242,9 @@ def apply_condition(
 
 
 __all__ = [
+    "CHANNELS",
     "CONDITIONS",
+    "random_channel",
     "add_babble",
     "add_noise",
     "apply_condition",

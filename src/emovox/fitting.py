@@ -318,13 +318,31 @@ def _loaders(
             [*data.train_waves, *data.val_waves], net.extractor, FeatureCache(),
             batch_size=tcfg.batch_size, progress=progress,
         )  # fmt: skip
-        net.extractor.cpu()
         train_feats, val_feats = feats[: len(data.train_waves)], feats[len(data.train_waves) :]
+        train_y, train_groups = list(data.train_y), list(data.train_groups)
+        if cfg.augment.copies and net.family == "encoder":  # degraded copies, cached like the clips
+            from emovox.augment import channel_copies
+
+            copies, source, groups = channel_copies(data.train_waves, train_groups, cfg.augment, tcfg.seed)
+            train_feats = [
+                *train_feats,
+                *cached_features(
+                    copies, net.extractor, FeatureCache(), batch_size=tcfg.batch_size, progress=progress
+                ),
+            ]
+            train_y += [data.train_y[i] for i in source]
+            train_groups += groups
+        net.extractor.cpu()
         prepooled = net.pooled and net.family == "encoder"
         if prepooled:  # whole-clip statistics once per clip: training never touches frames
             train_feats = pooled_columns(train_feats, cfg.features.stats)
             val_feats = pooled_columns(val_feats, cfg.features.stats)
-            pooled = (train_feats, val_feats)
+            pooled = {
+                "train": train_feats,
+                "val": val_feats,
+                "train_y": train_y,
+                "train_groups": train_groups,
+            }
         if not resume and (prepooled or not net.pooled):  # normaliser statistics from the cache
             net.set_normalization(*frame_stats(train_feats))
         elif not resume:
@@ -332,7 +350,7 @@ def _loaders(
                 *normalization_stats(net, data.train_waves, batch_size=tcfg.batch_size, device=device)
             )
         frames = None if crop is None or prepooled else _crop_frames(net, crop, cfg.features)
-        train_ds = FeatureDataset(train_feats, data.train_y, crop=frames)
+        train_ds = FeatureDataset(train_feats, train_y, crop=frames)
         batches = collate_features
     drop_last = len(train_ds) > tcfg.batch_size
     steps_per_epoch = len(train_ds) // tcfg.batch_size if drop_last else 1
@@ -634,12 +652,13 @@ def _fit_speaker_head(
     from emovox.calibration import fit_temperature
     from emovox.lightning_module import EmotionModule
 
-    train_cols, val_cols = pooled
+    train_cols, val_cols = pooled["train"], pooled["val"]
+    train_y, train_groups = pooled["train_y"], pooled["train_groups"]
     x = np.stack([c[:, 0] for c in train_cols]).astype(np.float64)
-    keys = np.asarray(data.train_groups)
+    keys = np.asarray(train_groups)
     within = np.mean([x[keys == g].var(0) for g in np.unique(keys)], axis=0)
     net.speaker_prior_var.copy_(torch.from_numpy(within).float().clamp(min=1e-10))
-    train_norm = _group_columns(net, train_cols, data.train_groups)
+    train_norm = _group_columns(net, train_cols, train_groups)
     val_norm = _group_columns(net, val_cols, data.val_groups) if val_cols else []
     params = {k: v for k, v in net.params.items() if k != "speaker_norm"}
     shadow = EmotionNet(net.feature_cfg, net.family, params, net.labels, encoder=net.extractor)
@@ -647,7 +666,7 @@ def _fit_speaker_head(
     tcfg = cfg.train
     loader_args: dict[str, Any] = {"batch_size": tcfg.batch_size, "collate_fn": collate_features}
     drop_last = len(train_norm) > tcfg.batch_size
-    train_ds = FeatureDataset(train_norm, data.train_y)
+    train_ds = FeatureDataset(train_norm, train_y)
     train_loader = ResumableLoader(
         train_ds,
         sampler=EpochSampler(len(train_ds), tcfg.seed),
