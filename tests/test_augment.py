@@ -263,7 +263,10 @@ def test_channel_copies_are_seeded_per_speaker_and_copy() -> None:
     assert len(copies) == 12 and sorted(source) == sorted(list(range(6)) * 2)
     assert all(np.array_equal(x, y) for x, y in zip(copies, again[0], strict=True))  # same every run
     assert len({g for g in out_groups}) == 4  # one channel per (speaker, copy): a session
-    assert all(c.shape == waves[i].shape and not np.array_equal(c, waves[i]) for c, i in zip(copies, source))
+    assert all(
+        c.shape == waves[i].shape and not np.array_equal(c, waves[i])
+        for c, i in zip(copies, source, strict=True)
+    )
     other = channel_copies(waves, groups, cfg, seed=1)[0]
     assert not all(np.array_equal(x, y) for x, y in zip(copies, other, strict=True))
     with pytest.raises(ConfigError, match="augment.channels"):
