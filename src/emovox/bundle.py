@@ -155,7 +155,9 @@ def save_bundle(
                 raise BundleError(f"encoder_dtype: expected 'float16' or 'float32', got {encoder_dtype!r}")
             dtype = getattr(torch, encoder_dtype)
             encoder = {k: v.to(dtype) if v.is_floating_point() else v for k, v in encoder.items()}
-            save_file(encoder, str(tmp / ENCODER_FILE), metadata=file_meta)
+            # one metadata key: safetensors writes a metadata map in no fixed order, and this file
+            # must come out byte-identical whenever the same encoder is saved again
+            save_file(encoder, str(tmp / ENCODER_FILE), metadata={"format": "pt"})
             sums[ENCODER_FILE] = sha256_file(tmp / ENCODER_FILE)
         config = {
             "format_version": FORMAT_VERSION,
