@@ -210,3 +210,20 @@ def test_encoder_model_exports_to_onnx_and_matches_pytorch(tiny_whisper: Path, t
     with torch.no_grad():
         expected = torch.softmax(net(wave, lengths), dim=-1).numpy()
     np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+def test_a_retrained_head_leaves_encoder_safetensors_byte_identical(
+    tiny_whisper: Path, tmp_path: Path
+) -> None:
+    params = {"encoder": str(tiny_whisper), "pooling": "stats", "hidden": 8}
+    first = EmotionNet(FeatureConfig(), "encoder", params, ["a", "b"])
+    second = EmotionNet(FeatureConfig(), "encoder", params, ["a", "b"])  # another head, same encoder
+    torch.nn.init.normal_(second.backbone.head[-1].weight)
+    saved = [
+        save_bundle(net, tmp_path / f"b{i}", metrics={}, card=CARD) for i, net in enumerate((first, second))
+    ]
+    for _ in range(3):  # safetensors orders a metadata map arbitrarily: one key keeps the file stable
+        saved.append(save_bundle(first, tmp_path / f"b{len(saved)}", metrics={}, card=CARD))
+    blobs = {(b / ENCODER_FILE).read_bytes() for b in saved}
+    assert len(blobs) == 1
+    assert (saved[0] / WEIGHTS_FILE).read_bytes() != (saved[1] / WEIGHTS_FILE).read_bytes()
