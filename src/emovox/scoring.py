@@ -69,10 +69,7 @@ def evaluate_model(
     if getattr(clf, "groupable", False):  # speaker-normalised model: each test speaker is a group
         plain = _summary(probs, utts, eval_labels, model_labels)
         probs = np.asarray(clf.predict_proba(clips, groups=[u.speaker for u in utts]), dtype=np.float64)
-    if eval_labels != model_labels:
-        columns = [model_labels.index(lab) for lab in eval_labels]
-        probs = probs[:, columns]
-        probs = probs / np.clip(probs.sum(axis=1, keepdims=True), 1e-12, None)
+    probs = _restrict(probs, eval_labels, model_labels)
     best = probs.argmax(axis=1)
     y_pred = [eval_labels[i] for i in best]
     y_true = [u.emotion for u in utts]
@@ -132,13 +129,19 @@ def _scored_emotions(
     return [u for u in utts if u.emotion in shared], shared, shared, dropped
 
 
+def _restrict(probs: np.ndarray, eval_labels: list[str], model_labels: list[str]) -> np.ndarray:
+    """``probs`` (model columns) restricted to ``eval_labels`` and renormalised (cross-corpus)."""
+    if eval_labels == model_labels:
+        return probs
+    probs = probs[:, [model_labels.index(lab) for lab in eval_labels]]
+    return probs / np.clip(probs.sum(axis=1, keepdims=True), 1e-12, None)
+
+
 def _summary(
     probs: np.ndarray, utts: Sequence[Utterance], eval_labels: list[str], model_labels: list[str]
 ) -> dict[str, Any]:
     """WA / UA / macro-F1 / ECE of ``probs`` (model columns) restricted to ``eval_labels``."""
-    if eval_labels != model_labels:
-        probs = probs[:, [model_labels.index(lab) for lab in eval_labels]]
-        probs = probs / np.clip(probs.sum(axis=1, keepdims=True), 1e-12, None)
+    probs = _restrict(probs, eval_labels, model_labels)
     y_true = [u.emotion for u in utts]
     m = compute_metrics(y_true, [eval_labels[i] for i in probs.argmax(axis=1)], eval_labels)
     true_idx = np.array([eval_labels.index(t) for t in y_true])
