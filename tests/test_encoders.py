@@ -190,6 +190,39 @@ def test_speaker_normalised_encoder_model_trains_predicts_and_round_trips(
     with pytest.raises(EncoderError.__mro__[1], match="normalize"):
         rec.predict(names, normalize="bogus")
 
+    # a running session (live stream, timeline): the first clip gets the plain model, the last one
+    # the same answer as standardising over the whole group
+    session = rec.speaker_session()
+    running = [session.predict(name) for name in names]
+    assert session.clips == len(names)
+    assert running[0].probabilities == pytest.approx(rec.predict(names[0]).probabilities, abs=1e-6)
+    assert running[-1].probabilities == pytest.approx(by_rec[-1].probabilities, abs=1e-5)
+    # predict_files streams groups: one statistics vector per file, the same answers as predict()
+    streamed = list(rec.predict_files(names, normalize="speaker"))
+    assert [r.prediction.emotion for r in streamed] == [p.emotion for p in by_rec]
+    np.testing.assert_allclose(
+        [r.prediction.confidence for r in streamed], [p.confidence for p in by_rec], atol=1e-5
+    )
+    with_timeline = list(rec.predict_files(names, normalize="folder", timeline=True))
+    assert all(r.segments is not None for r in with_timeline)
+    assert isinstance(rec.timeline(names[0], normalize="speaker"), list)
+    with pytest.raises(EncoderError.__mro__[1], match="normalize"):
+        rec.timeline(names[0], normalize="folder")
+
+
+def test_cached_and_live_predictions_are_both_calibrated(tiny_whisper: Path, tmp_path: Path) -> None:
+    """TorchClassifier reads cached encoder states in evaluation: the temperature applies there too."""
+    from emovox.cache import FeatureCache
+    from emovox.fitting import TorchClassifier
+
+    params = {"encoder": str(tiny_whisper), "encoder_layers": "all", "pooling": "stats", "hidden": 8}
+    net = EmotionNet(FeatureConfig(), "encoder", params, ["angry", "happy", "sad"]).eval()
+    net.temperature.fill_(3.0)
+    waves = [_speechlike(1.0, 5), _speechlike(0.7, 6), _speechlike(1.3, 7)]
+    live = TorchClassifier(net).predict_proba(waves)
+    cached = TorchClassifier(net, cache=FeatureCache(tmp_path / "cache")).predict_proba(waves)
+    np.testing.assert_allclose(cached, live, atol=2e-3)  # the cache holds float16 states
+
 
 @pytest.mark.slow
 def test_encoder_model_exports_to_onnx_and_matches_pytorch(tiny_whisper: Path, tmp_path: Path) -> None:

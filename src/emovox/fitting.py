@@ -109,13 +109,13 @@ class TorchClassifier:
         """Class probabilities ``[N, K]`` (rows sum to 1) for 16 kHz mono waveforms.
 
         ``groups`` (one key per clip, e.g. the speaker) switches a speaker-normalised model to its
-        speaker head for every group of at least :data:`~emovox.models.MIN_GROUP_CLIPS` clips."""
+        speaker head for every group of at least :data:`~emovox.speaker_stats.MIN_GROUP_CLIPS` clips."""
         logits = torch.from_numpy(self.predict_logits(waves, groups))
         return torch.softmax(logits, dim=-1).numpy().astype(np.float64)
 
     @torch.inference_mode()
     def _grouped_logits(self, waves: Sequence[np.ndarray], groups: Sequence[str], out: np.ndarray) -> None:
-        from emovox.models import MIN_GROUP_CLIPS
+        from emovox.speaker_stats import MIN_GROUP_CLIPS
 
         if self.cache is not None:
             from emovox.cache import cached_features
@@ -155,7 +155,7 @@ class TorchClassifier:
                 x, frames = x.to(self.device), frames.to(self.device)
                 if self.net.pooled:
                     x = pool_stats(x, frames, self.net.feature_cfg.stats)
-                logits = self.net.backbone(self.net.normalize(x, frames), frames)
+                logits = self.net.head(self.net.normalize(x, frames), frames)  # calibrated
             out[idx] = logits.double().cpu().numpy()
         if groups is not None and self.groupable:
             if len(groups) != len(waves):

@@ -31,6 +31,7 @@ from emovox import limits
 from emovox.errors import ConfigError
 from emovox.features import FeatureConfig, FeatureExtractor, pool_stats
 from emovox.jsonutil import jsonable
+from emovox.speaker_stats import group_standardize
 
 # --------------------------------------------------------------------------- masking helpers
 
@@ -593,19 +594,18 @@ class EmotionNet(nn.Module):
         return self.normalize(x, frames), frames
 
     def group_normalize(self, x: Tensor) -> Tensor:
-        """Standardise raw pooled statistics ``x [N, D]`` of one speaker's clips over that group.
+        """Standardise raw pooled statistics ``x [N, D]`` of one speaker's clips over that group
+        (:func:`emovox.speaker_stats.group_standardize`, shrunk towards the training speakers'
+        within-speaker variance)."""
+        return group_standardize(x, self.speaker_prior_var)
 
-        The variance is shrunk towards the training speakers' mean within-speaker variance with the
-        weight of :data:`SPEAKER_PRIOR_CLIPS` clips, so a handful of clips gives a stable estimate."""
-        n = x.shape[0]
-        mean = x.mean(0)
-        var = ((x - mean) ** 2).sum(0)
-        var = (var + SPEAKER_PRIOR_CLIPS * self.speaker_prior_var) / (n + SPEAKER_PRIOR_CLIPS)
-        return (x - mean) / torch.sqrt(var.clamp(min=1e-10))
+    def speaker_head(self, z: Tensor) -> Tensor:
+        """Calibrated logits of the speaker head from already standardised statistics ``z [N, D]``."""
+        return self.speaker_backbone(z, None) / self.speaker_temperature
 
     def speaker_logits(self, x: Tensor) -> Tensor:
         """Calibrated logits of the speaker head from raw pooled statistics of one group ``[N, D]``."""
-        return self.speaker_backbone(self.group_normalize(x), None) / self.speaker_temperature
+        return self.speaker_head(self.group_normalize(x))
 
     def head(self, x: Tensor, frames: Tensor) -> Tensor:
         """Calibrated logits from normalised backbone inputs: ``backbone(x) / temperature``."""
@@ -645,12 +645,6 @@ class EmotionNet(nn.Module):
             )
         except KeyError as exc:
             raise ConfigError(f"model config is missing the key {exc.args[0]!r}") from None
-
-
-#: Weight (in clips) of the training speakers' within-speaker variance in EmotionNet.group_normalize.
-SPEAKER_PRIOR_CLIPS = 10
-#: Fewest clips a group needs before speaker normalisation is used (fewer: the plain head).
-MIN_GROUP_CLIPS = 2
 
 
 def _load_encoder(params: dict[str, Any]) -> nn.Module:

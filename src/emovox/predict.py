@@ -21,6 +21,7 @@ output is an :class:`~emovox.errors.AudioError` naming the input, never a NaN re
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import os
 import sys
@@ -37,6 +38,7 @@ from emovox import limits
 from emovox.audio import SAMPLE_RATE, load_audio, prepare_waveform, trim_silence
 from emovox.bundle import ONNX_FILE, WEIGHTS_FILE, load_bundle, read_meta, verify_checksum
 from emovox.errors import AudioError, BundleError, ConfigError, EmovoxError
+from emovox.speaker_stats import MIN_GROUP_CLIPS, RunningStats
 
 Input = str | Path | bytes | bytearray | BinaryIO | np.ndarray
 Backend = Literal["torch", "onnx"]
@@ -257,13 +259,7 @@ class Recognizer:
         standardised over each group of at least two clips (a lone clip keeps the plain model).
         """
         _check_top_k(top_k)
-        if normalize not in (None, "speaker", "folder"):
-            raise EmovoxError(f"normalize: expected 'speaker' or 'folder', got {normalize!r}")
-        if normalize is not None and not self.speaker_normalized:
-            raise EmovoxError(
-                f"{self.meta['path']}: this model has no speaker-normalised head (normalize={normalize!r}); "
-                "train one with model.params.speaker_norm: true (encoder family, pooling: stats)"
-            )
+        self._check_normalize(normalize)
         items = x if isinstance(x, list) else [x]
         out: list[Prediction | None] = [None] * len(items)
         short: list[int] = []
@@ -318,6 +314,7 @@ class Recognizer:
         top_k: int | None = None,
         timeline: bool = False,
         quiet_decoder: bool = False,
+        normalize: str | None = None,
     ) -> Iterator[FileResult]:
         """Predict every file, yielding one :class:`FileResult` per path, in input order.
 
@@ -327,14 +324,30 @@ class Recognizer:
         ``timeline``, the voice activity detector. A file that cannot be used yields its error
         instead and the others go on. ``quiet_decoder`` silences what native decoders print on
         the process's stderr (mpg123's "Illegal Audio-MPEG-Header" notes; only for a CLI).
+
+        ``normalize`` (speaker-normalised models, see :meth:`predict`): ``"speaker"`` treats all
+        files as one speaker, ``"folder"`` the files of each folder (consecutive paths with the same
+        parent: list folders in order, as ``emovox predict`` does). Each group's short files are
+        standardised over the group, holding one statistics vector per file, not the audio;
+        long files keep their windowed plain prediction; timeline segments use a running estimate
+        over the group's recordings (:class:`SpeakerSession`).
         """
         _check_top_k(top_k)
+        self._check_normalize(normalize)
         if timeline and self.sample_rate != SAMPLE_RATE:
             raise BundleError(
                 f"{self.meta['path']}: timeline needs a {SAMPLE_RATE} Hz model, "
                 f"this one uses {self.sample_rate} Hz"
             )
         quiet = _native_stderr_silenced if quiet_decoder else contextlib.nullcontext
+        if normalize is not None:
+
+            def key(p: str | Path) -> str:
+                return "all" if normalize == "speaker" else str(Path(p).parent)
+
+            for _, group in itertools.groupby(paths, key=key):
+                yield from self._predict_group(list(group), top_k, timeline, quiet)
+            return
         pending: list[tuple[str, np.ndarray, np.ndarray]] = []  # path, decoded wave, preprocessed clip
         pending_samples = 0
         for raw in paths:
@@ -366,6 +379,54 @@ class Recognizer:
                 yield from self._flush(pending, top_k, timeline)
                 pending, pending_samples = [], 0
         yield from self._flush(pending, top_k, timeline)
+
+    def _predict_group(
+        self, paths: Sequence[str | Path], top_k: int | None, timeline: bool, quiet: Any
+    ) -> Iterator[FileResult]:
+        """:meth:`predict_files` for the files of one speaker (``normalize``): see there."""
+        import torch
+
+        session = self.speaker_session() if timeline else None
+        results: list[FileResult] = []
+        members: list[tuple[int, float]] = []  # (index in results, duration) of the short files
+        vectors = []
+        for raw in paths:
+            path = str(raw)
+            try:
+                with quiet():
+                    if self.is_long(_header_seconds(raw)):
+                        prediction, segments = self._predict_stream(
+                            self.stream(raw), path, path, top_k, timeline=timeline, session=session
+                        )
+                        results.append(FileResult(path, prediction, segments))
+                        continue
+                    wave, _ = self.decode(raw)
+                    clip = self.preprocess(wave, name=path)
+                with self._lock, torch.inference_mode(), _torch_threads(self.threads):
+                    vector = self._raw_stats([clip])[0].cpu()
+                if not torch.isfinite(vector).all():
+                    raise AudioError(f"{path}: the model's statistics of this audio are not finite numbers")
+                segments = None
+                if session is not None:
+                    segments = self._timeline_blocks(_slices(wave, self.sample_rate), path, 0.5, 4.0, session)
+            except EmovoxError as exc:
+                results.append(FileResult(path, error=exc))
+                continue
+            members.append((len(results), wave.size / self.sample_rate))
+            vectors.append(vector)
+            results.append(FileResult(path, None, segments))
+        if vectors:
+            with self._lock, torch.inference_mode(), _torch_threads(self.threads):
+                x = torch.stack(vectors).to(self.device)
+                if len(vectors) >= MIN_GROUP_CLIPS:
+                    logits = self.net.speaker_logits(x)
+                else:
+                    logits = self.net.head(self.net.normalize(x, None), None)
+                probs = torch.softmax(logits.float(), dim=-1).cpu().numpy()
+            for (i, duration), row in zip(members, probs, strict=True):
+                r = results[i]
+                results[i] = FileResult(r.path, self._prediction(row, duration, r.path, top_k), r.segments)
+        yield from results
 
     def _flush(
         self, pending: list[tuple[str, np.ndarray, np.ndarray]], top_k: int | None, timeline: bool
@@ -437,6 +498,19 @@ class Recognizer:
             out[idx] = probs
         return out
 
+    def _check_normalize(
+        self, normalize: str | None, allowed: tuple[str, ...] = ("speaker", "folder")
+    ) -> None:
+        if normalize is not None and normalize not in allowed:
+            expected = " or ".join(repr(a) for a in allowed)
+            raise EmovoxError(f"normalize: expected {expected}, got {normalize!r}")
+        if normalize is not None and not self.speaker_normalized:
+            raise EmovoxError(
+                f"{self.meta['path']}: this model has no speaker-normalised head (normalize={normalize!r}); "
+                "train one with model.params.speaker_norm: true (encoder family, pooling: stats) "
+                "and use the torch backend"
+            )
+
     @property
     def speaker_normalized(self) -> bool:
         """Whether ``predict(..., normalize=...)`` is available (a speaker-normalised model on torch)."""
@@ -448,21 +522,55 @@ class Recognizer:
         """Rows of ``out`` for groups of at least MIN_GROUP_CLIPS clips from the speaker head."""
         import torch
 
-        from emovox.features import pad_batch
-        from emovox.models import MIN_GROUP_CLIPS
-
         keys = np.asarray(groups)
         with self._lock, torch.inference_mode(), _torch_threads(self.threads):
-            raw = []
-            for start in range(0, len(waves), self.batch_size):
-                wave, lengths = pad_batch(list(waves[start : start + self.batch_size]))
-                raw.append(self.net.raw_inputs(wave.to(self.device), lengths.to(self.device))[0])
-            x = torch.cat(raw)
+            x = self._raw_stats(waves)
             for g in np.unique(keys):
                 idx = np.flatnonzero(keys == g)
                 if len(idx) >= MIN_GROUP_CLIPS:
                     logits = self.net.speaker_logits(x[torch.from_numpy(idx)])
                     out[idx] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
+
+    def _raw_stats(self, waves: Sequence[np.ndarray]) -> Any:
+        """Raw pooled statistics ``[N, D]`` of preprocessed waves (a speaker-normalised torch model;
+        call with the lock held, in inference mode)."""
+        import torch
+
+        from emovox.features import pad_batch
+
+        rows = []
+        for start in range(0, len(waves), self.batch_size):
+            wave, lengths = pad_batch(list(waves[start : start + self.batch_size]))
+            rows.append(self.net.raw_inputs(wave.to(self.device), lengths.to(self.device))[0])
+        return torch.cat(rows) if rows else torch.zeros(0, self.net.input_dim, device=self.device)
+
+    def _running_probabilities(
+        self, waves: Sequence[np.ndarray], stats: RunningStats, names: Sequence[str]
+    ) -> np.ndarray:
+        """Probabilities of consecutive clips of one speaker, each standardised with the running
+        estimate ``stats`` after adding it (the plain head until ``stats`` is ready)."""
+        import torch
+
+        with self._lock, torch.inference_mode(), _torch_threads(self.threads):
+            x = self._raw_stats(waves)
+            logits = self.net.head(self.net.normalize(x, None), None)
+            for i in range(x.shape[0]):
+                stats.update(x[i])
+                if stats.ready:
+                    logits[i] = self.net.speaker_head(stats.standardize(x[i : i + 1]))[0]
+            probs = torch.softmax(logits.float(), dim=-1).cpu().numpy()
+        bad = ~np.isfinite(probs).all(axis=1)
+        if bad.any():
+            raise AudioError(
+                f"{names[int(np.flatnonzero(bad)[0])]}: the model's output for this audio is not a number "
+                f"(NaN or infinite); the model {self.meta.get('path', '')} cannot classify it"
+            )
+        return probs
+
+    def speaker_session(self) -> SpeakerSession:
+        """A running speaker normalisation for one speaker or session (a live stream, a long
+        recording): see :class:`SpeakerSession`. Needs a speaker-normalised model on torch."""
+        return SpeakerSession(self)
 
     def _run(self, batch: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         """One padded batch through the model -> probabilities."""
@@ -501,6 +609,7 @@ class Recognizer:
         timeline: bool = False,
         min_speech: float = 0.5,
         max_segment: float = 4.0,
+        session: SpeakerSession | None = None,
     ) -> tuple[Prediction, list[Segment] | None]:
         """Classify a long recording from consecutive 16 kHz blocks, holding at most a window, a
         batch of windows and (with ``timeline``) a VAD chunk at once.
@@ -518,7 +627,7 @@ class Recognizer:
         batch_names: list[str] = []
         parts: list[np.ndarray] = []
         buffered = 0
-        stream = _TimelineStream(self, path, min_speech, max_segment) if timeline else None
+        stream = _TimelineStream(self, path, min_speech, max_segment, session) if timeline else None
         segments: list[Segment] = []
 
         def classify() -> None:
@@ -583,7 +692,13 @@ class Recognizer:
         return bool(vad().regions(audio, min_speech=min_speech))
 
     def timeline(
-        self, x: Input, sr: int | None = None, *, min_speech: float = 0.5, max_segment: float = 4.0
+        self,
+        x: Input,
+        sr: int | None = None,
+        *,
+        min_speech: float = 0.5,
+        max_segment: float = 4.0,
+        normalize: str | None = None,
     ) -> list[Segment]:
         """Emotion over time: speech regions found by the VAD, cut into segments of at most
         ``max_segment`` seconds (longer regions are split evenly, nearby short ones joined), each
@@ -591,21 +706,32 @@ class Recognizer:
 
         Long recordings are processed chunk by chunk (files decoded as a stream), cutting between
         chunks in a pause, so memory does not grow with the recording's length.
+
+        ``normalize="speaker"`` (a speaker-normalised model; the recording is one speaker or
+        session): each segment is standardised with a running estimate over the segments so far
+        (:class:`SpeakerSession`; the first segment gets the plain model).
         """
         _check_timeline(min_speech, max_segment)
+        self._check_normalize(normalize, ("speaker",))
+        session = self.speaker_session() if normalize else None
         if self.sample_rate != SAMPLE_RATE:
             raise BundleError(
                 f"{self.meta['path']}: timeline needs a 16 kHz model, this one uses {self.sample_rate} Hz"
             )
         if isinstance(x, (str, Path)) and self.is_long(_header_seconds(x)):
-            return self._timeline_blocks(self.stream(x), str(x), min_speech, max_segment)
+            return self._timeline_blocks(self.stream(x), str(x), min_speech, max_segment, session)
         wave, path = self.decode(x, sr)
-        return self._timeline_blocks(_slices(wave, SAMPLE_RATE), path, min_speech, max_segment)
+        return self._timeline_blocks(_slices(wave, SAMPLE_RATE), path, min_speech, max_segment, session)
 
     def _timeline_blocks(
-        self, blocks: Iterable[np.ndarray], path: str | None, min_speech: float, max_segment: float
+        self,
+        blocks: Iterable[np.ndarray],
+        path: str | None,
+        min_speech: float,
+        max_segment: float,
+        session: SpeakerSession | None = None,
     ) -> list[Segment]:
-        stream = _TimelineStream(self, path, min_speech, max_segment)
+        stream = _TimelineStream(self, path, min_speech, max_segment, session)
         segments: list[Segment] = []
         for block in blocks:
             segments.extend(stream.push(block))
@@ -619,6 +745,7 @@ class Recognizer:
         path: str | None,
         min_speech: float,
         max_segment: float,
+        session: SpeakerSession | None = None,
     ) -> list[Segment]:
         spans = plan_segments(
             regions, min_speech=max(min_speech, self.min_duration), max_segment=max_segment, sr=SAMPLE_RATE
@@ -632,7 +759,10 @@ class Recognizer:
                 chosen.append((start + offset, end + offset))
                 clips.append(clip)
         names = [f"{path or '<audio>'} ({a / SAMPLE_RATE:.2f}-{b / SAMPLE_RATE:.2f} s)" for a, b in chosen]
-        probs = self._probabilities(clips, names)
+        if session is not None:
+            probs = session.probabilities(clips, names)
+        else:
+            probs = self._probabilities(clips, names)
         segments = []
         for (start, end), p in zip(chosen, probs, strict=True):
             pred = self._prediction(p, (end - start) / SAMPLE_RATE, path, None)
@@ -671,8 +801,15 @@ class _TimelineStream:
     recording up to that length is analysed in one piece, exactly as a whole.
     """
 
-    def __init__(self, rec: Recognizer, path: str | None, min_speech: float, max_segment: float) -> None:
-        self.rec, self.path = rec, path
+    def __init__(
+        self,
+        rec: Recognizer,
+        path: str | None,
+        min_speech: float,
+        max_segment: float,
+        session: SpeakerSession | None = None,
+    ) -> None:
+        self.rec, self.path, self.session = rec, path, session
         self.min_speech, self.max_segment = min_speech, max_segment
         self.parts: list[np.ndarray] = []
         self.size = 0
@@ -690,7 +827,7 @@ class _TimelineStream:
         buffer = np.concatenate(self.parts)
         final, cut = _final_regions(self._regions(buffer), buffer.size - tail, chunk // 2)
         segments = self.rec._classify_spans(
-            buffer, self.offset, final, self.path, self.min_speech, self.max_segment
+            buffer, self.offset, final, self.path, self.min_speech, self.max_segment, self.session
         )
         rest = buffer[cut:].copy()
         self.parts, self.size = [rest], rest.size
@@ -702,8 +839,9 @@ class _TimelineStream:
             return []
         buffer = np.concatenate(self.parts) if len(self.parts) > 1 else self.parts[0]
         self.parts, self.size = [], 0
+        regions = self._regions(buffer)
         return self.rec._classify_spans(
-            buffer, self.offset, self._regions(buffer), self.path, self.min_speech, self.max_segment
+            buffer, self.offset, regions, self.path, self.min_speech, self.max_segment, self.session
         )
 
 
@@ -1084,3 +1222,44 @@ __all__ = [
     "plan_segments",
     "vad",
 ]
+
+
+class SpeakerSession:
+    """Running speaker normalisation for clips of one speaker or session, in the order they come:
+    a live stream's windows, a long recording's timeline segments, a WebSocket connection.
+
+    Each clip is added to a running estimate of the speaker's encoder statistics
+    (:class:`~emovox.speaker_stats.RunningStats`) and classified by the model's speaker head on its
+    statistics standardised with everything seen so far; the first clip (fewer than
+    :data:`~emovox.speaker_stats.MIN_GROUP_CLIPS`) gets the plain model. Memory does not grow with
+    the session. Not shared between threads: one session per stream.
+    """
+
+    def __init__(self, rec: Recognizer) -> None:
+        if not rec.speaker_normalized:
+            raise EmovoxError(
+                f"{rec.meta['path']}: this model has no speaker-normalised head on the "
+                f"{rec.backend} backend; speaker normalisation needs model.params.speaker_norm: true "
+                "and the torch backend"
+            )
+        self.rec = rec
+        self.stats = RunningStats(rec.net.speaker_prior_var)
+
+    @property
+    def clips(self) -> int:
+        """Clips seen so far."""
+        return self.stats.n
+
+    def probabilities(self, waves: Sequence[np.ndarray], names: Sequence[str] | None = None) -> np.ndarray:
+        """``[N, K]`` probabilities of consecutive preprocessed 16 kHz clips, each added in turn."""
+        names = list(names) if names is not None else [f"<wave {i}>" for i in range(len(waves))]
+        return self.rec._running_probabilities(waves, self.stats, names)
+
+    def predict(self, x: Input, sr: int | None = None, top_k: int | None = None) -> Prediction:
+        """Decode, preprocess and classify one clip of this speaker (see :meth:`Recognizer.predict`)."""
+        _check_top_k(top_k)
+        wave, path = self.rec.decode(x, sr)
+        name = path or _name(x)
+        clip = self.rec.preprocess(wave, name=name)
+        probs = self.probabilities([clip], [name])[0]
+        return self.rec._prediction(probs, wave.size / self.rec.sample_rate, path, top_k)
