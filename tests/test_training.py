@@ -616,3 +616,51 @@ def test_one_epoch_on_three_ravdess_actors(ravdess_dir: Path, tmp_path: Path) ->
     assert len(metrics["training"]["val_speakers"]) == 1
     assert len(metrics["labels"]) == 8 and 0.0 <= metrics["ua"] <= 1.0
     assert (tmp_path / "run" / "model" / "model.safetensors").is_file()
+
+
+# --------------------------------------------------------------------------- multi-corpus label masks
+
+
+def test_masked_cross_entropy_ignores_classes_a_corpus_never_labels() -> None:
+    import torch.nn.functional as nnf
+
+    from emovox.lightning_module import masked_cross_entropy
+
+    g = torch.Generator().manual_seed(0)
+    logits, target = torch.randn(6, 4, generator=g), torch.tensor([0, 1, 2, 0, 1, 2])
+    weight = torch.rand(4, generator=g) + 0.5
+    everything = torch.ones(6, 4, dtype=torch.bool)
+    torch.testing.assert_close(
+        masked_cross_entropy(logits, target, everything, weight, 0.1),
+        nnf.cross_entropy(logits, target, weight=weight, label_smoothing=0.1),
+    )
+    no_last = everything.clone()
+    no_last[:, 3] = False
+    moved = logits.clone()
+    moved[:, 3] += 50.0  # whatever the model says about a class the corpus lacks costs nothing
+    a = masked_cross_entropy(logits, target, no_last, weight, 0.1)
+    torch.testing.assert_close(a, masked_cross_entropy(moved, target, no_last, weight, 0.1))
+    torch.testing.assert_close(
+        a, nnf.cross_entropy(logits[:, :3], target, weight=weight[:3], label_smoothing=0.1)
+    )
+
+
+def test_a_corpus_missing_an_emotion_trains_over_its_own_emotions(
+    utts: list[Utterance], waves: dict[Path, np.ndarray], tmp_path: Path
+) -> None:
+    """Two corpora, the second without "angry" (as TESS lacks "calm"): its clips get a label mask."""
+    import dataclasses
+
+    from emovox.fitting import label_domains
+
+    first = by_speaker(utts, 0, 1)
+    second = [dataclasses.replace(u, corpus="other") for u in by_speaker(utts, 2) if u.emotion != "angry"]
+    labels = list(PITCH)
+    domains, masks = label_domains([*first, *second], [], labels)
+    assert masks == [[True] * len(labels), [label != "angry" for label in labels]]
+    assert domains == [0] * len(first) + [1] * len(second)
+    assert label_domains(first, [], labels) == ([], [])  # one corpus with every label: no masks
+
+    result = fit(config(), [*first, *second], by_speaker(utts, 3), tmp_path, waves=waves, progress=False)
+    assert result.model.labels == labels and np.isfinite(result.best_val_ua)
+    assert result.model.predict_proba([waves[u.path] for u in by_speaker(utts, 3)]).shape[1] == len(labels)

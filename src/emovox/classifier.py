@@ -45,6 +45,21 @@ class FitData:
     train_groups: list[str] = field(default_factory=list)
     """Speaker of each training clip (for speaker-normalised heads); empty when not known."""
     val_groups: list[str] = field(default_factory=list)
+    train_domains: list[int] = field(default_factory=list)
+    """Per training clip, a row of ``label_masks`` (its corpus' emotions); empty: every clip may be
+    any class. A multi-corpus run where a corpus lacks an emotion (TESS has no "calm") trains that
+    corpus' clips over its own emotions only, so the model never learns "these voices are never calm"."""
+    label_masks: list[list[bool]] = field(default_factory=list)
+    """``[domains][classes]``: which classes each domain (corpus) labels."""
+
+    def targets(self, y: Sequence[int], domains: Sequence[int] | None = None) -> list[Any]:
+        """Dataset targets: class indices, or ``(class, domain)`` pairs when some corpus lacks a class."""
+        if not self.label_masks:
+            return list(y)
+        return [
+            (int(c), int(d))
+            for c, d in zip(y, domains if domains is not None else self.train_domains, strict=True)
+        ]
 
 
 @dataclass

@@ -184,6 +184,24 @@ def label_set(utts: Sequence[Utterance]) -> list[str]:
     return [e for e in EMOTIONS if e in present] + sorted(present - set(EMOTIONS))
 
 
+def label_domains(
+    train: Sequence[Utterance], val: Sequence[Utterance], labels: Sequence[str]
+) -> tuple[list[int], list[list[bool]]]:
+    """``(domain of each training clip, label mask of each domain)`` when some corpus among the
+    training clips lacks one of ``labels`` (it is never labelled there, e.g. TESS has no "calm");
+    ``([], [])`` when every corpus has every label. A corpus' emotions are those of its clips in
+    ``train`` and ``val``."""
+    present: dict[str, set[str]] = {}
+    for u in [*train, *val]:
+        present.setdefault(u.corpus, set()).add(u.emotion)
+    corpora = sorted({u.corpus for u in train})
+    if all(present[c] >= set(labels) for c in corpora):
+        return [], []
+    index = {c: i for i, c in enumerate(corpora)}
+    masks = [[label in present[c] for label in labels] for c in corpora]
+    return [index[u.corpus] for u in train], masks
+
+
 def _gather(
     utts: Sequence[Utterance], waves: Mapping[Path, np.ndarray], labels: Sequence[str]
 ) -> tuple[list[np.ndarray], list[int], list[str]]:
@@ -233,7 +251,10 @@ def fit(
         )
     train_waves, train_y, train_groups = _gather(train, waves, labels)
     val_waves, val_y, val_groups = _gather(val, waves, labels)
-    data = FitData(labels, train_waves, train_y, val_waves, val_y, train_groups, val_groups)
+    domains, masks = label_domains([u for u in train if u.path in waves and u.emotion in labels], [
+        u for u in val if u.path in waves and u.emotion in labels
+    ], labels)  # fmt: skip
+    data = FitData(labels, train_waves, train_y, val_waves, val_y, train_groups, val_groups, domains, masks)
     with cpu_threads(cfg.train.threads):
         return fitter.fit(
             cfg, data, run_dir, resume=resume, progress=progress, callbacks=callbacks, label=label
@@ -304,7 +325,9 @@ def _loaders(
     pooled = None
     if not cached:
         augment = WaveAugment(cfg.augment, cfg.features.sample_rate) if cfg.augment.wave_enabled else None
-        train_ds: Dataset = WaveDataset(data.train_waves, data.train_y, crop=crop, augment=augment)
+        train_ds: Dataset = WaveDataset(
+            data.train_waves, data.targets(data.train_y), crop=crop, augment=augment
+        )
         batches = collate
         if not resume:  # a resumed run restores the normaliser from its checkpoint
             net.set_normalization(
@@ -319,7 +342,7 @@ def _loaders(
             batch_size=tcfg.batch_size, progress=progress,
         )  # fmt: skip
         train_feats, val_feats = feats[: len(data.train_waves)], feats[len(data.train_waves) :]
-        train_y, train_groups = list(data.train_y), list(data.train_groups)
+        train_y, train_groups = data.targets(data.train_y), list(data.train_groups)
         if cfg.augment.copies and net.family == "encoder":  # degraded copies, cached like the clips
             from emovox.augment import channel_copies
 
@@ -330,7 +353,7 @@ def _loaders(
                     copies, net.extractor, FeatureCache(), batch_size=tcfg.batch_size, progress=progress
                 ),
             ]
-            train_y += [data.train_y[i] for i in source]
+            train_y += [train_y[i] for i in source]
             train_groups += groups
         net.extractor.cpu()
         prepooled = net.pooled and net.family == "encoder"
@@ -579,7 +602,7 @@ def fit_torch(
         cfg, net, data, device, progress=progress, resume=resume
     )
     net.cpu()
-    module = EmotionModule(net, cfg, _class_weights(cfg, data), steps_per_epoch)
+    module = EmotionModule(net, cfg, _class_weights(cfg, data), steps_per_epoch, label_masks=data.label_masks)
     all_callbacks, best, stop = _callbacks(
         cfg,
         ckpt_dir,
@@ -677,7 +700,7 @@ def _fit_speaker_head(
     val_loader = DataLoader(FeatureDataset(val_norm, data.val_y), **loader_args) if val_norm else None
     steps = len(train_norm) // tcfg.batch_size if drop_last else 1
     head_dir = run_dir / "speaker_head"
-    module = EmotionModule(shadow, cfg, _class_weights(cfg, data), steps)
+    module = EmotionModule(shadow, cfg, _class_weights(cfg, data), steps, label_masks=data.label_masks)
     callbacks, best, stop = _callbacks(
         cfg,
         head_dir / CHECKPOINT_DIR,

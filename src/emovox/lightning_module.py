@@ -44,6 +44,8 @@ class EmotionModule(L.LightningModule):
         cfg: RunConfig,
         class_weights: torch.Tensor | None = None,
         steps_per_epoch: int = 1,
+        *,
+        label_masks: list[list[bool]] | None = None,
     ) -> None:
         super().__init__()
         self.net = net
@@ -56,6 +58,12 @@ class EmotionModule(L.LightningModule):
             class_weights if class_weights is not None else torch.ones(n_classes),
             persistent=False,
         )
+        # multi-corpus training: targets are (class, domain) pairs and a domain's clips are trained
+        # over the classes its corpus labels (FitData.label_masks)
+        masks = (
+            torch.tensor(label_masks, dtype=torch.bool) if label_masks else torch.ones(1, n_classes).bool()
+        )
+        self.register_buffer("label_masks", masks, persistent=False)
         self.val_ua = MulticlassAccuracy(num_classes=n_classes, average="macro")
         self.val_wa = MulticlassAccuracy(num_classes=n_classes, average="micro")
         self.val_loss = MeanMetric()
@@ -82,6 +90,14 @@ class EmotionModule(L.LightningModule):
             return self.net.normalize(x, lengths), lengths
 
     def _loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if target.dim() == 2:  # (class, domain) pairs
+            return masked_cross_entropy(
+                logits.float(),
+                target[:, 0],
+                self.label_masks[target[:, 1]],
+                self.class_weights,
+                self.tcfg.label_smoothing,
+            )
         return nnf.cross_entropy(
             logits.float(), target, weight=self.class_weights, label_smoothing=self.tcfg.label_smoothing
         )
@@ -197,6 +213,25 @@ class EmotionModule(L.LightningModule):
         else:
             scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(warmup, total))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def masked_cross_entropy(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    allowed: torch.Tensor,
+    weight: torch.Tensor,
+    smoothing: float,
+) -> torch.Tensor:
+    """Cross-entropy of each row over its ``allowed`` classes only (``[B, K]`` bool), with label
+    smoothing spread over those classes and per-class ``weight``; where every class is allowed it
+    equals ``nnf.cross_entropy(logits, target, weight=weight, label_smoothing=smoothing)``."""
+    logp = torch.log_softmax(logits.masked_fill(~allowed, float("-inf")), dim=-1)
+    logp = torch.where(allowed, logp, torch.zeros_like(logp))
+    picked = -logp.gather(1, target[:, None])[:, 0]
+    w_target = weight[target]
+    smooth = -(logp * weight * allowed).sum(-1) / allowed.sum(-1)
+    per_row = (1 - smoothing) * w_target * picked + smoothing * smooth
+    return per_row.sum() / w_target.sum()
 
 
 def warmup_cosine(warmup: int, total: int) -> Any:
