@@ -184,3 +184,16 @@ def test_random_split_leaks_and_warns():
     import emovox.splits as splits_module
 
     assert not hasattr(splits_module, "random_split")
+
+
+def test_validation_speakers_come_from_each_corpus_by_its_own_share() -> None:
+    """RAVDESS-like 16 actors + a TESS-like corpus of 2 speakers with many clips each: the small
+    corpus gives no validation speaker (not half of itself); the first gives its usual share."""
+    big = _synthetic(16, corpus="big")
+    small = [u for u in _synthetic(2, per_emotion=20, corpus="small") if u.emotion != "calm"]
+    utts = [*big, *small]
+    fit, val = validation_speakers(utts, np.arange(len(utts)), fraction=0.2, seed=0)
+    val_speakers = {utts[i].speaker for i in val}
+    assert val_speakers and all(s.startswith("big:") for s in val_speakers)
+    alone, alone_val = validation_speakers(big, np.arange(len(big)), fraction=0.2, seed=0)
+    assert val_speakers == {big[i].speaker for i in alone_val}  # one corpus: the choice is unchanged
