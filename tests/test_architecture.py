@@ -19,6 +19,7 @@ LAYERS: dict[str, int] = {
     **dict.fromkeys(["scoring", "reports"], 5),
     **dict.fromkeys(["runs", "crossval", "distributed"], 6),
     **dict.fromkeys(["cli", "serve", "training", "evaluation", "__init__"], 7),
+    **dict.fromkeys(["cli_output", "cli_data", "cli_runs", "cli_predict"], 7),  # the commands of cli
 }
 FACADES = {"training", "evaluation", "__init__"}  # public import paths that only re-export
 
