@@ -20,6 +20,19 @@ LAYERS: dict[str, int] = {
     **dict.fromkeys(["runs", "crossval", "distributed"], 6),
     **dict.fromkeys(["cli", "serve", "training", "evaluation", "__init__"], 7),
     **dict.fromkeys(["cli_output", "cli_data", "cli_runs", "cli_predict"], 7),  # the commands of cli
+    **dict.fromkeys(
+        [
+            "serve_settings",
+            "serve_errors",
+            "serve_security",
+            "serve_uploads",
+            "serve_model",
+            "serve_api",
+            "serve_stream",
+            "serve_page",
+        ],
+        7,
+    ),
 }
 FACADES = {"training", "evaluation", "__init__"}  # public import paths that only re-export
 
