@@ -656,3 +656,27 @@ def test_cli_file_names_are_not_broken_at_80_columns(bundle: Path) -> None:
     for path in EXAMPLES:
         assert path.name in result.stdout, result.stdout  # whole, on one line
     assert f"files in {REPO / 'examples'}" in result.stdout
+
+
+def test_cli_normalize_streams_per_folder_with_timelines_and_skips_bad_files(
+    bundle: Path, tmp_path: Path
+) -> None:
+    """--normalize with the shipped (speaker-normalised) default: per folder, with --timeline, and a
+    file that cannot be read is skipped (exit 1) instead of ending the command."""
+    folder = tmp_path / "speaker"
+    folder.mkdir()
+    for path in EXAMPLES[:3]:
+        shutil.copy(path, folder / path.name)
+    (folder / "broken.wav").write_bytes(b"RIFF....not audio")
+    runner = CliRunner()
+    result = runner.invoke(app, ["predict", str(folder), "--normalize", "folder", "--timeline", "--json"])
+    assert result.exit_code == 1, result.output
+    rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert len(rows) == 3 and all(isinstance(r["segments"], list) for r in rows)
+    assert "broken.wav" in result.stderr
+    expected = Recognizer.load("default").predict(
+        [str(folder / p.name) for p in EXAMPLES[:3]], normalize="folder"
+    )
+    assert [r["emotion"] for r in rows] == [p.emotion for p in expected]
+    plain = runner.invoke(app, ["predict", "--model", str(bundle), str(folder), "--normalize", "speaker"])
+    assert plain.exit_code == 2 and "speaker-normalised" in plain.output

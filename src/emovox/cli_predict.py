@@ -278,7 +278,8 @@ def predict(
         typer.Option(
             "--normalize",
             help="speaker: all inputs are one speaker or session; folder: each folder is one speaker. "
-            "Standardises the model's statistics over each group (speaker-normalised models).",
+            "Standardises the model's statistics over each group (speaker-normalised models); "
+            "--timeline segments use a running estimate.",
             show_default=False,
         ),
     ] = None,
@@ -323,15 +324,11 @@ def predict(
     files, skipped = _files_to_predict(inputs)
     recognizer = _load_recognizer(model, backend=backend, device=device, threads=threads, timeline=timeline)
     name = Path(str(recognizer.meta["path"])).name
-    if normalize is not None:
-        if timeline:
-            raise fail("--normalize and --timeline do not go together yet: normalise whole files")
-        rows = _predict_normalized(recognizer, files, normalize, as_json=as_json)
-        title = f"{name} ({backend}, normalised per {normalize})"
-    else:
-        rows, failed = _predict_each(recognizer, files, top_k=top_k, timeline=timeline, as_json=as_json)
-        skipped += failed
-        title = f"{name} ({backend})"
+    rows, failed = _predict_each(
+        recognizer, files, top_k=top_k, timeline=timeline, as_json=as_json, normalize=normalize
+    )
+    skipped += failed
+    title = f"{name} ({backend}" + (f", normalised per {normalize})" if normalize else ")")
     if not as_json and rows:
         k = min(top_k or 3, len(recognizer.labels))  # no "top 20" column for 8 emotions
         for renderable in _prediction_tables(rows, title, k):
@@ -379,26 +376,19 @@ def _print_json_line(prediction: Any, segments: list[Any] | None) -> None:
     sys.stdout.flush()
 
 
-def _predict_normalized(
-    recognizer: Recognizer, files: list[Path], normalize: str, *, as_json: bool
-) -> list[tuple[Any, list[Any] | None]]:
-    """--normalize: all files in one call (the statistics are standardised over each group)."""
-    try:
-        predictions = recognizer.predict([str(f) for f in files], normalize=normalize)
-    except EmovoxError as exc:
-        raise fail(str(exc)) from None
-    if as_json:
-        for prediction in predictions:
-            _print_json_line(prediction, None)
-    return [(prediction, None) for prediction in predictions]
-
-
 def _predict_each(
-    recognizer: Recognizer, files: list[Path], *, top_k: int | None, timeline: bool, as_json: bool
+    recognizer: Recognizer,
+    files: list[Path],
+    *,
+    top_k: int | None,
+    timeline: bool,
+    as_json: bool,
+    normalize: str | None = None,
 ) -> tuple[list[tuple[Any, list[Any] | None]], int]:
     """File by file, with a progress bar on a terminal: ``(rows, files that could not be used)``.
 
-    An unusable file is reported on stderr and skipped; with --json each result is printed as it comes.
+    An unusable file is reported on stderr and skipped; with --json each result is printed as it
+    comes (with --normalize, when its group, all inputs or its folder, is done).
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -417,7 +407,11 @@ def _predict_each(
     with progress:
         task = progress.add_task("predicting", total=len(files))
         results = recognizer.predict_files(
-            files, top_k=top_k and min(top_k, len(recognizer.labels)), timeline=timeline, quiet_decoder=True
+            files,
+            top_k=top_k and min(top_k, len(recognizer.labels)),
+            timeline=timeline,
+            quiet_decoder=True,
+            normalize=normalize,
         )
         try:
             for result in results:
