@@ -893,3 +893,43 @@ def test_default_model_serves() -> None:
         assert c.get("/healthz").json()["model"] == "default"
         r = c.post("/api/v1/predict", files={"file": ("s.wav", wav_bytes(loud_speech(2.0)))})
         assert r.status_code == 200 and r.json()["emotion"] in c.get("/api/v1/model").json()["labels"]
+
+
+def test_stream_session_normalisation_adapts_to_one_voice(tmp_path: Path) -> None:
+    """normalize: session with the shipped default (speaker-normalised): the first speech window
+    gets the plain model, later ones the speaker head over a running estimate, which equals a
+    SpeakerSession fed the same windows; a model without the head refuses the config (1007)."""
+    from emovox.audio import load_audio
+    from emovox.predict import Recognizer
+    from emovox.serve_stream import analyse_window
+
+    rec = Recognizer.load("default")
+    speech = np.concatenate(
+        [load_audio(p) for p in sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.flac"))[:2]]
+    )
+    speech = speech[: 6 * SR]
+    with TestClient(create_app(rec)) as c, c.websocket_connect("/api/v1/stream") as ws:
+        ws.send_text(json.dumps({"window": 2.0, "hop": 1.0, "normalize": "session"}))
+        assert ws.receive_json()["config"]["normalize"] == "session"
+        ws.send_bytes(pcm16(speech))
+        messages = receive_results(ws, 5)  # 6 hops; the burst allowance (5 windows) drops the first
+    assert [m["t"] for m in messages] == [2.0, 3.0, 4.0, 5.0, 6.0]
+    spoken = [m for m in messages if m["speech"]]
+    assert len(spoken) >= 3 and not spoken[0]["normalized"] and all(m["normalized"] for m in spoken[1:])
+    # the same windows through a SpeakerSession directly
+    session = rec.speaker_session()
+    pcm = np.frombuffer(pcm16(speech), dtype="<i2").astype(np.float32) / 32768.0
+    direct = [
+        analyse_window(rec, m["t"], pcm[int(m["t"] * SR) - 2 * SR : int(m["t"] * SR)], session)
+        for m in messages
+    ]
+    for got, want in zip(messages, direct, strict=True):
+        assert got["speech"] == want["speech"]
+        if got["speech"]:
+            assert got["emotion"] == want["emotion"]
+            assert got["confidence"] == pytest.approx(want["confidence"], abs=1e-5)
+
+    with TestClient(create_app(FakeRecognizer())) as c, c.websocket_connect("/api/v1/stream") as ws:
+        ws.send_text(json.dumps({"normalize": "session"}))
+        closed = ws.receive_json()
+        assert closed["error"] == "bad_config" and "speaker-normalised" in closed["detail"]

@@ -91,6 +91,7 @@ def model_info(recognizer: RecognizerLike, model: str, settings: ServeSettings) 
             "labels": list(recognizer.labels),
             "sample_rate": SAMPLE_RATE,
             "backend": getattr(recognizer, "backend", None),
+            "speaker_normalized": bool(getattr(recognizer, "speaker_normalized", False)),
             "emovox_version": meta.get("emovox_version"),
             "created": meta.get("created"),
             "architecture": meta.get("model"),

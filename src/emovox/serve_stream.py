@@ -1,6 +1,9 @@
 """The live WebSocket stream: 16 kHz mono PCM in, one JSON result every ``hop`` seconds out.
 
-A client may first send a JSON config (:class:`StreamConfig`), then binary frames of PCM. The
+A client may first send a JSON config (:class:`StreamConfig`), then binary frames of PCM. With
+``"normalize": "session"`` (a speaker-normalised model) the stream is taken as one speaker: each
+analysed window is standardised with a running estimate of that voice's statistics over the
+session so far (:class:`emovox.predict.SpeakerSession`; the first window gets the plain model). The
 stream is analysed at most in real time, with bounded windows, frames, messages and connections:
 windows of audio sent faster than real time (beyond a burst) are dropped, audio far ahead of real
 time is read only as real time catches up, and a stream idle too long is closed. Everything one
@@ -29,6 +32,7 @@ from emovox.errors import AudioError, EmovoxError
 from emovox.serve_errors import ApiError, close_reason
 from emovox.serve_model import RecognizerLike, Service, prediction_dict
 from emovox.serve_settings import API, ServeSettings
+from emovox.speaker_stats import MIN_GROUP_CLIPS
 
 _MAX_JSON_DEPTH = 4  # a stream config is one flat object
 
@@ -41,12 +45,13 @@ class StreamConfig:
     format: str = "s16le"
     window: float = 2.0
     hop: float = 0.5
+    normalize: str | None = None
 
     @classmethod
     def parse(cls, raw: Any, settings: ServeSettings) -> StreamConfig:
         if not isinstance(raw, Mapping):
             raise ValueError("config must be a JSON object")
-        unknown = set(raw) - {"sample_rate", "format", "window", "hop", "type"}
+        unknown = set(raw) - {"sample_rate", "format", "window", "hop", "normalize", "type"}
         if unknown:
             raise ValueError(f"unknown config keys: {', '.join(sorted(unknown))}")
         cfg = cls(
@@ -54,7 +59,10 @@ class StreamConfig:
             format=raw.get("format", "s16le"),
             window=raw.get("window", 2.0),
             hop=raw.get("hop", 0.5),
+            normalize=raw.get("normalize"),
         )
+        if cfg.normalize not in (None, "session"):
+            raise ValueError(f"normalize {cfg.normalize!r} is not supported; use 'session' or leave it out")
         if isinstance(cfg.sample_rate, bool) or not isinstance(cfg.sample_rate, int):
             raise ValueError(f"sample_rate must be an integer, got {cfg.sample_rate!r}")
         if not 8000 <= cfg.sample_rate <= 192_000:
@@ -81,7 +89,11 @@ class StreamConfig:
         return cfg
 
     def public(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The config as the client is told it (``normalize`` only when asked for)."""
+        out = dataclasses.asdict(self)
+        if out["normalize"] is None:
+            del out["normalize"]
+        return out
 
 
 class _RealTime:
@@ -189,20 +201,28 @@ class _StreamSession:
         self.filled = min(self.window, self.filled + n)
 
 
-def analyse_window(recognizer: RecognizerLike, t: float, window: np.ndarray) -> dict[str, Any]:
-    """One stream message: VAD, then the emotion of the window if it holds speech."""
+def analyse_window(
+    recognizer: RecognizerLike, t: float, window: np.ndarray, speaker: Any = None
+) -> dict[str, Any]:
+    """One stream message: VAD, then the emotion of the window if it holds speech (through the
+    running ``speaker`` normalisation, a :class:`~emovox.predict.SpeakerSession`, when given)."""
     rms = float(np.sqrt(np.mean(np.square(window, dtype=np.float64)))) if window.size else 0.0
     message: dict[str, Any] = {"t": round(t, 3), "level": round(20 * math.log10(max(rms, 1e-6)), 1)}
     if float(np.abs(window).max(initial=0.0)) == 0.0 or not recognizer.is_speech(window):
         message["speech"] = False
         return message
     try:
-        prediction = recognizer.predict(window, sr=SAMPLE_RATE)
+        if speaker is not None:
+            prediction = speaker.predict(window, sr=SAMPLE_RATE)
+        else:
+            prediction = recognizer.predict(window, sr=SAMPLE_RATE)
     except AudioError:  # the speech left after the model's silence trimming is too short to classify
         message["speech"] = False
         return message
     message["speech"] = True
     message.update({k: v for k, v in prediction_dict(prediction).items() if k != "duration"})
+    if speaker is not None:
+        message["normalized"] = speaker.clips >= MIN_GROUP_CLIPS  # the speaker head answered
     return message
 
 
@@ -241,7 +261,8 @@ class StreamConnection:
 
     Per-connection state lives here and only here: the recognizer the stream was opened with, its
     window buffer and analysis budget (a :class:`_StreamSession`, replaced by a config message
-    before the first audio frame), and when the first audio came (real time for reading ahead).
+    before the first audio frame), the running speaker normalisation when the config asks for
+    it, and when the first audio came (real time for reading ahead).
     """
 
     def __init__(self, websocket: WebSocket, service: Service) -> None:
@@ -250,6 +271,7 @@ class StreamConnection:
         self.settings = service.settings
         self.recognizer = service.get()
         self.session = _StreamSession(StreamConfig(), self.settings.stream_burst_s)
+        self.speaker: Any = None  # a SpeakerSession with normalize: session
         self.started = False  # audio has arrived: the config is fixed from now on
         self.first_audio = 0.0  # time.monotonic() of the first audio frame
 
@@ -308,6 +330,16 @@ class StreamConnection:
             self.session = _StreamSession(StreamConfig.parse(raw, settings), settings.stream_burst_s)
         except ValueError as exc:
             raise _StreamClosed(1007, "bad_config", str(exc)) from None
+        self.speaker = None
+        if self.session.cfg.normalize == "session":
+            if not getattr(self.recognizer, "speaker_normalized", False):
+                raise _StreamClosed(
+                    1007,
+                    "bad_config",
+                    "normalize 'session' needs a speaker-normalised model on the torch backend; "
+                    "this server's model has none (leave normalize out)",
+                )
+            self.speaker = self.recognizer.speaker_session()  # type: ignore[attr-defined]
         await self.send({"config": self.session.cfg.public(), "labels": list(self.recognizer.labels)})
 
     async def _on_frame(self, data: bytes) -> None:
@@ -337,7 +369,7 @@ class StreamConnection:
         allowed = session.rate_limit.take(session.boundaries(samples.size))
         for t, window in session.push(samples, analyse=allowed):
             try:
-                result = await self.service.run(analyse_window, self.recognizer, t, window)
+                result = await self.service.run(analyse_window, self.recognizer, t, window, self.speaker)
             except EmovoxError as exc:
                 result = {"t": round(t, 3), "error": "inference_failed", "detail": str(exc)}
             if session.dropped:

@@ -16,6 +16,7 @@ const $ = (id) => document.getElementById(id);
 
 let labels = [];
 let limits = { max_upload_mb: 20, max_duration_s: 600 };
+let speakerNormalized = false; // the model adapts to one voice over a live session (normalize: session)
 
 function color(label) {
   if (COLORS[label]) return COLORS[label];
@@ -62,6 +63,7 @@ async function loadModel() {
     if (!res.ok) throw new Error(await errorFrom(res));
     const info = await res.json();
     labels = info.labels || [];
+    speakerNormalized = Boolean(info.speaker_normalized);
     if (info.limits) limits = info.limits;
     const name = String(info.model).split(/[\\/]/).filter(Boolean).pop() || info.model;
     $("model-badge").textContent = `model: ${name} · ${labels.length} emotions`;
@@ -464,7 +466,10 @@ function setupLive() {
       if (e.code !== 1000) showError("Live stream closed", e.reason || `connection closed with code ${e.code}`);
     };
     ws.onopen = async () => {
-      ws.send(JSON.stringify({ sample_rate: TARGET_RATE, format: "s16le", window: 2.0, hop: 0.5 }));
+      // one voice at the microphone: a speaker-normalised model adapts to it over the session
+      const config = { sample_rate: TARGET_RATE, format: "s16le", window: 2.0, hop: 0.5 };
+      if (speakerNormalized) config.normalize = "session";
+      ws.send(JSON.stringify(config));
       try {
         stopMic = await openMicrophone((s) => {
           if (ws && ws.readyState === WebSocket.OPEN && s.length) ws.send(toInt16(s).buffer);
