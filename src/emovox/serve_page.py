@@ -57,9 +57,14 @@ def render_docs(schema: Mapping[str, Any]) -> str:
     ws = (
         "<section><h2><span class='m ws'>WS</span> <code>/api/v1/stream</code></h2>"
         '<p>Send an optional JSON config <code>{"sample_rate":16000,"format":"s16le"|"f32le",'
-        '"window":2.0,"hop":0.5}</code>, then binary frames of mono PCM. Every <code>hop</code> seconds '
-        'the server answers <code>{"t", "speech", "emotion", "confidence", "probabilities"}</code> '
-        "for the last <code>window</code> seconds (no emotion when <code>speech</code> is false). Audio is "
+        '"window":2.0,"hop":0.5,"normalize":"session"}</code>, then binary frames of mono PCM. Every '
+        '<code>hop</code> seconds the server answers <code>{"t", "speech", "emotion", "confidence", '
+        '"probabilities"}</code> for the last <code>window</code> seconds (no emotion when '
+        "<code>speech</code> is false). With <code>normalize: session</code> (a speaker-normalised model: "
+        "<code>speaker_normalized</code> in <code>/api/v1/model</code>) the stream is one voice: each "
+        "window is standardised with a running estimate over the session's speech so far, and "
+        '<code>"normalized"</code> says whether that head answered (the first window gets the plain '
+        "model). Audio is "
         "analysed at most in real time: windows of audio sent faster than that are skipped, and the next "
         'result says how many in <code>"dropped"</code>; audio more than a minute ahead of real time is '
         "read only as real time catches up. Bad frames get "
