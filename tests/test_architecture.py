@@ -14,7 +14,21 @@ LAYERS: dict[str, int] = {
     **dict.fromkeys(["corpora", "splits", "cache", "models", "download", "metrics", "calibration"], 2),
     **dict.fromkeys(["config", "classifier", "bundle"], 3),
     **dict.fromkeys(
-        ["datasets", "svm", "lightning_module", "fitting", "predict", "export", "plots", "whisper_convert"], 4
+        [
+            "datasets",
+            "svm",
+            "lightning_module",
+            "fitting",
+            "predict",
+            "export",
+            "plots",
+            "ct2_source",
+            "ct2_reader",
+            "whisper_tokenizer",
+            "whisper_verify",
+            "whisper_convert",
+        ],
+        4,
     ),
     **dict.fromkeys(["scoring", "reports"], 5),
     **dict.fromkeys(["runs", "crossval", "distributed"], 6),
