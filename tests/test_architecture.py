@@ -31,7 +31,9 @@ LAYERS: dict[str, int] = {
         4,
     ),
     **dict.fromkeys(["scoring", "reports"], 5),
-    **dict.fromkeys(["runs", "crossval", "distributed"], 6),
+    **dict.fromkeys(
+        ["runs", "crossval", "job_inputs", "job_folder", "ray_jobs", "embedding_jobs", "distributed"], 6
+    ),
     **dict.fromkeys(["cli", "serve", "training", "evaluation", "__init__"], 7),
 }
 FACADES = {"training", "evaluation", "__init__"}  # public import paths that only re-export
