@@ -12,7 +12,7 @@ LAYERS: dict[str, int] = {
     **dict.fromkeys(["errors", "jsonutil", "progress", "_version", "limits", "tmpfiles"], 0),
     **dict.fromkeys(["audio", "features", "augment", "encoders", "degrade"], 1),
     **dict.fromkeys(["corpora", "splits", "cache", "models", "download", "metrics", "calibration"], 2),
-    **dict.fromkeys(["config", "classifier", "bundle"], 3),
+    **dict.fromkeys(["config", "classifier", "model_card", "bundle"], 3),
     **dict.fromkeys(
         [
             "datasets",
