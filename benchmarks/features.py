@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import time
 from datetime import date
@@ -35,11 +34,12 @@ import torch
 from rich.console import Console
 from rich.progress import Progress
 
-from emovox.audio import default_workers, is_audio_file, iter_load, load_audio
+from emovox.audio import default_workers, iter_load, load_audio
 from emovox.features import FeatureConfig, FeatureExtractor, extract_batched
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_CORPUS = REPO.parent / "shared" / "corpora" / "ravdess"
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/_common.py, however this is run
+from _common import DEFAULT_CORPUS, audio_files, cpu_model  # noqa: E402
+
 SETS = ("logmel", "mfcc", "chroma", "contrast")
 console = Console()
 
@@ -105,17 +105,6 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def cpu_model() -> str:
-    """The ``lscpu`` model name (or the platform's processor string)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -135,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.corpus.is_dir():
         console.print(f"[red]error:[/] corpus folder not found: {args.corpus} (use --corpus)")
         return 2
-    paths = sorted(p for p in args.corpus.rglob("*") if is_audio_file(p))[: args.limit]
+    paths = audio_files(args.corpus, args.limit)
     if not paths:
         console.print(f"[red]error:[/] no audio files under {args.corpus}")
         return 2

@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shutil
 import statistics
 import sys
@@ -47,13 +45,14 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from emovox.audio import SAMPLE_RATE, is_audio_file, load_audio
+from emovox.audio import SAMPLE_RATE, load_audio
 from emovox.bundle import ONNX_FILE, save_bundle
 from emovox.errors import EmovoxError
 from emovox.predict import Recognizer
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_CORPUS = REPO.parent / "shared" / "corpora" / "ravdess"
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/_common.py, however this is run
+from _common import DEFAULT_CORPUS, audio_files, cpu_model, load_average, machine  # noqa: E402
+
 console = Console(stderr=True)
 
 TARGET_ORT_MEDIAN_MS = 15.0
@@ -161,16 +160,6 @@ def _timed(fn: Callable[[], Any]) -> float:
     return time.perf_counter() - started
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 # --------------------------------------------------------------------------- main
 
 
@@ -178,8 +167,8 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     import onnxruntime as ort
 
     torch.set_num_threads(args.threads)
-    load_before = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
-    paths = sorted(p for p in args.corpus.rglob("*") if is_audio_file(p))[: args.clips]
+    load_before = load_average()
+    paths = audio_files(args.corpus, args.clips)
     if not paths:
         raise EmovoxError(f"{args.corpus}: no audio files (use --corpus)")
     if args.random:
@@ -238,13 +227,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     return {
         "date": date.today().isoformat(),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "machine": {
-            "cpu": cpu_model(),
-            "cores": os.cpu_count(),
-            "load_average_before": load_before,  # other processes compete for the cores
-            "load_average_after": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-            "platform": platform.platform(),
-        },
+        "machine": machine(load_before),
         "versions": {"torch": torch.__version__, "onnxruntime": ort.__version__},
         "threads": args.threads,
         "model": {

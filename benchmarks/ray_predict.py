@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -42,22 +40,12 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from emovox.audio import is_audio_file
 from emovox.errors import EmovoxError
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_CORPUS = REPO.parent / "shared" / "corpora" / "ravdess"
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/_common.py, however this is run
+from _common import DEFAULT_CORPUS, audio_files, load_average, machine  # noqa: E402
+
 console = Console(stderr=True)
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def local_predict(files: list[str], model: str) -> tuple[float, dict[str, dict[str, Any]]]:
@@ -91,8 +79,8 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
     from emovox.distributed import predict_files, read_results
 
-    load_before = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
-    files = sorted(str(p.absolute()) for p in args.corpus.rglob("*") if is_audio_file(p))[: args.files]
+    load_before = load_average()
+    files = [str(p.absolute()) for p in audio_files(args.corpus, args.files)]
     if not files:
         raise EmovoxError(f"{args.corpus}: no audio files (use --corpus)")
     workers = [int(w) for w in args.workers.split(",") if w.strip()]
@@ -142,13 +130,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     return {
         "date": date.today().isoformat(),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "machine": {
-            "cpu": cpu_model(),
-            "cores": os.cpu_count(),
-            "load_average_before": load_before,  # other processes compete for the cores
-            "load_average_after": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-            "platform": platform.platform(),
-        },
+        "machine": machine(load_before),
         "versions": {"torch": torch.__version__, "ray": ray.__version__},
         "corpus": str(args.corpus),
         "files": len(files),

@@ -12,12 +12,28 @@ LAYERS: dict[str, int] = {
     **dict.fromkeys(["errors", "jsonutil", "progress", "_version", "limits", "tmpfiles"], 0),
     **dict.fromkeys(["audio", "features", "augment", "encoders", "degrade", "speaker_stats"], 1),
     **dict.fromkeys(["corpora", "splits", "cache", "models", "download", "metrics", "calibration"], 2),
-    **dict.fromkeys(["config", "classifier", "bundle"], 3),
+    **dict.fromkeys(["config", "classifier", "model_card", "bundle"], 3),
     **dict.fromkeys(
-        ["datasets", "svm", "lightning_module", "fitting", "predict", "export", "plots", "whisper_convert"], 4
+        [
+            "datasets",
+            "svm",
+            "lightning_module",
+            "fitting",
+            "predict",
+            "export",
+            "plots",
+            "ct2_source",
+            "ct2_reader",
+            "whisper_tokenizer",
+            "whisper_verify",
+            "whisper_convert",
+        ],
+        4,
     ),
     **dict.fromkeys(["scoring", "reports"], 5),
-    **dict.fromkeys(["runs", "crossval", "distributed"], 6),
+    **dict.fromkeys(
+        ["runs", "crossval", "job_inputs", "job_folder", "ray_jobs", "embedding_jobs", "distributed"], 6
+    ),
     **dict.fromkeys(["cli", "serve", "training", "evaluation", "__init__"], 7),
     **dict.fromkeys(["cli_output", "cli_data", "cli_runs", "cli_predict"], 7),  # the commands of cli
     **dict.fromkeys(

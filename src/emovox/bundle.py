@@ -27,7 +27,6 @@ import os
 import shutil
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
@@ -38,6 +37,7 @@ import emovox.tmpfiles as tmpfiles
 from emovox._version import __version__
 from emovox.errors import BundleError, ConfigError, EmovoxError
 from emovox.jsonutil import jsonable
+from emovox.model_card import DEFAULT_INTENDED_USE, DEFAULT_LIMITATIONS, ModelCard, render_card
 
 if TYPE_CHECKING:
     from emovox.models import EmotionNet
@@ -62,51 +62,6 @@ FAST_BUNDLE: Path = Path(str(resources.files("emovox").joinpath("assets", "fast_
 #: Audio preprocessing applied before the network, recorded in every bundle. Training passes
 #: the values it used; prediction applies the same ones so its outputs equal evaluation's.
 DEFAULT_PREPROCESSING: dict[str, Any] = {"trim_silence": True, "min_duration": 0.25}
-
-DEFAULT_INTENDED_USE = (
-    "Research, teaching and prototyping of speech emotion recognition: estimating which of a fixed "
-    "set of acted emotion categories a short utterance most resembles."
-)
-DEFAULT_LIMITATIONS = (
-    "Trained on acted emotional speech from a small number of speakers recorded in a studio; "
-    "accuracy on spontaneous speech, other languages, accents, ages, microphones and noisy rooms is "
-    "lower and has not been measured. Emotion labels are the actors' intended categories, not "
-    "anyone's inner state. Do not use it for high-stakes decisions about people (hiring, health, "
-    "education, policing, credit, surveillance)."
-)
-
-
-@dataclass(frozen=True)
-class ModelCard:
-    """What the generated README.md says about a model beyond its configuration and scores."""
-
-    data: str
-    """Training data, e.g. "RAVDESS speech (English, 20 actors, 1200 clips, 8 emotions)"."""
-    protocol: str
-    """How the scores were measured, e.g. "5-fold speaker-independent cross-validation"."""
-    licence: str
-    """Licence of the training data, which the bundle inherits (e.g. "CC BY-NC-SA 4.0 (RAVDESS)")."""
-    title: str = "emovox speech emotion model"
-    intended_use: str = DEFAULT_INTENDED_USE
-    limitations: str = DEFAULT_LIMITATIONS
-    citation: str = ""
-    """References for the data and method (markdown)."""
-
-    @classmethod
-    def coerce(cls, card: ModelCard | Mapping[str, Any]) -> ModelCard:
-        """Accept a ModelCard or a mapping of its fields (e.g. from a YAML config)."""
-        if isinstance(card, ModelCard):
-            return card
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(card) - known)
-        if unknown:
-            raise ConfigError(
-                f"model card: unknown field(s) {', '.join(unknown)} (allowed: {', '.join(known)})"
-            )
-        missing = [f for f in ("data", "protocol", "licence") if not card.get(f)]
-        if missing:
-            raise ConfigError(f"model card: missing required field(s) {', '.join(missing)}")
-        return cls(**{k: str(v) for k, v in card.items()})
 
 
 # --------------------------------------------------------------------------- saving
@@ -172,7 +127,10 @@ def save_bundle(
         config["sha256"][CONFIG_FILE] = config_digest(config)
         metrics_json = jsonable(dict(metrics))
         _write_text(tmp / METRICS_FILE, json.dumps(metrics_json, indent=2) + "\n")
-        _write_text(tmp / CARD_FILE, render_card(config, metrics_json, model_card))
+        _write_text(
+            tmp / CARD_FILE,
+            render_card(config, metrics_json, model_card, weight_files=(WEIGHTS_FILE, ENCODER_FILE)),
+        )
         _write_text(tmp / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
         for name in sums:
             _fsync(tmp / name)
@@ -305,149 +263,6 @@ def _preprocessing(preprocessing: Mapping[str, Any] | None) -> dict[str, Any]:
         raise ConfigError(f"preprocessing.trim_silence: expected true or false, got {trim!r}")
     limits.check("preprocessing.min_duration", prep["min_duration"])
     return {"trim_silence": bool(trim), "min_duration": float(prep["min_duration"])}
-
-
-# --------------------------------------------------------------------------- model card
-
-
-_CARD_TEMPLATE = """\
-# {title}
-
-Speech emotion recognition model trained with [emovox](https://github.com/emovox/emovox)
-{emovox_version} on {created}. It maps a recording of speech to one of {n_labels} emotion
-categories: {labels}.
-
-## Model
-
-| | |
-|---|---|
-| family | `{family}` |
-| hyper-parameters | {params} |
-| features | {features_desc}, {sample_rate} Hz input |
-| preprocessing | trim silence: {trim}, minimum duration: {min_duration:g} s |
-| weights | {weights_desc} |
-
-## Training data
-
-{data}
-{training_table}
-**Licence.** {licence} The model is derived from this data and inherits its licence terms.
-
-## Evaluation
-
-{protocol}
-
-{scores}
-## Intended use
-
-{intended_use}
-
-## Limitations
-
-{limitations}
-
-## Usage
-
-```python
-from emovox import Recognizer
-
-rec = Recognizer.load("path/to/this/folder")
-print(rec.predict("speech.wav"))
-```
-
-or `emovox predict speech.wav --model path/to/this/folder`.
-{citation}"""
-
-_SCORE_NAMES = {"ua": "UA (unweighted accuracy)", "wa": "WA (weighted accuracy)", "macro_f1": "macro-F1"}
-
-
-def _describe_features(family: str, features: Mapping[str, Any], params: Mapping[str, Any]) -> str:
-    """What the model reads, for the card: frame sequences, pooled statistics or eGeMAPS."""
-    sets = [
-        f"{name} (+ deltas)" if name == "mfcc" and features.get("deltas") else name
-        for name in features.get("sets", [])
-    ]
-    names = ", ".join(sets) or "-"
-    if family == "svm" and params.get("features") == "egemaps":
-        return "eGeMAPS functionals (openSMILE, 88 values per clip)"
-    if family == "encoder":
-        layers = params.get("encoder_layers", "all")
-        what = f"hidden states {layers} of a frozen pretrained encoder (`{params.get('encoder', '?')}`)"
-        if params.get("pooling") == "stats":
-            what += ", per-layer mean and std over the clip"
-        if params.get("speaker_norm"):
-            what += "; a second head reads them standardised over a speaker's clips (normalize=speaker)"
-        return what
-    if family in ("mlp", "svm"):
-        stats = ", ".join(features.get("stats", [])) or "-"
-        return f"{names}, pooled per clip ({stats})"
-    return f"{names} frame sequences"
-
-
-def render_card(config: Mapping[str, Any], metrics: Mapping[str, Any], card: ModelCard) -> str:
-    """Fill the model-card template from a bundle's config, metrics and card text."""
-    model = config["model"]
-    features = model.get("features", {})
-    params = model.get("params") or {}
-    training = config.get("training") or {}
-    return _CARD_TEMPLATE.format(
-        title=card.title,
-        emovox_version=config["emovox_version"],
-        created=config["created"][:10],
-        n_labels=len(model["labels"]),
-        labels=", ".join(model["labels"]),
-        family=model["family"],
-        params=", ".join(f"`{k}={v}`" for k, v in params.items()) or "defaults",
-        features_desc=_describe_features(model["family"], features, params),
-        sample_rate=config["sample_rate"],
-        trim="yes" if config["preprocessing"]["trim_silence"] else "no",
-        min_duration=config["preprocessing"]["min_duration"],
-        weights_desc=", ".join(
-            f"`{name}` (sha256 `{config['sha256'][name][:16]}`)"
-            for name in (WEIGHTS_FILE, ENCODER_FILE)
-            if name in config["sha256"]
-        ),
-        data=card.data,
-        training_table=_table(training) if training else "",
-        licence=card.licence.rstrip(".") + ".",
-        protocol=card.protocol,
-        scores=_scores(metrics),
-        intended_use=card.intended_use,
-        limitations=card.limitations,
-        citation=f"\n## References\n\n{card.citation}\n" if card.citation else "",
-    )
-
-
-def _table(summary: Mapping[str, Any]) -> str:
-    rows = [f"| {k} | {_fmt(v)} |" for k, v in summary.items()]
-    return "\n| | |\n|---|---|\n" + "\n".join(rows) + "\n"
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    if isinstance(value, Mapping):
-        return ", ".join(f"{k}: {_fmt(v)}" for k, v in value.items())
-    if isinstance(value, list):
-        return ", ".join(_fmt(v) for v in value)
-    return str(value)
-
-
-def _scores(metrics: Mapping[str, Any]) -> str:
-    """A markdown table of the headline scores: plain values, or mean ± std over folds."""
-    mean = metrics.get("mean") if isinstance(metrics.get("mean"), Mapping) else None
-    std = metrics.get("std") if isinstance(metrics.get("std"), Mapping) else {}
-    source = mean if mean is not None else metrics
-    rows = []
-    for key, name in _SCORE_NAMES.items():
-        value = source.get(key)
-        if isinstance(value, (int, float)):
-            spread = std.get(key) if std else None
-            cell = f"{value:.3f}" + (f" ± {spread:.3f}" if isinstance(spread, (int, float)) else "")
-            rows.append(f"| {name} | {cell} |")
-    if not rows:
-        return "No scores were recorded for this model.\n"
-    return "| metric | score |\n|---|---|\n" + "\n".join(rows) + "\n\nAll scores: `metrics.json`.\n"
 
 
 # --------------------------------------------------------------------------- loading
@@ -754,6 +569,8 @@ def update_config(bundle: Path, changes: Mapping[str, Any]) -> None:
 
 __all__ = [
     "DEFAULT_BUNDLE",
+    "DEFAULT_INTENDED_USE",
+    "DEFAULT_LIMITATIONS",
     "FAST_BUNDLE",
     "FORMAT_VERSION",
     "ModelCard",
