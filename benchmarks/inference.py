@@ -8,6 +8,11 @@ For one model bundle (``--model``, default ``default``) this measures, in one ru
   ``--warmup`` calls, for the ``torch`` and ``onnx`` backends;
 * **batched throughput** over ``--clips`` RAVDESS files (decode included): clips/s and the
   real-time factor RTF = processing seconds / audio seconds, ``Recognizer.predict(list)``;
+* **live stream windows**: what the service's WebSocket stream does every ``hop`` (0.5 s) for the
+  last 2 s of audio, ``emovox.serve_stream.analyse_window`` (voice activity detection, then the
+  model when there is speech), on consecutive 2 s windows of real speech; with a
+  speaker-normalised model also through a running :meth:`Recognizer.speaker_session`. It keeps up
+  in real time when the p95 is under the hop;
 * the **classic librosa pipeline** the popular notebooks use, for comparison: ``librosa.load``
   (resampling to 16 kHz), the means over time of 40 MFCCs, 12 chroma and 128 mel bands (180
   values) and an MLP of the same size as emovox's ``mlp`` family (hidden 256, 128) in PyTorch,
@@ -208,6 +213,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             "single": latency(lambda rec=rec: rec.predict(clip), args.runs, args.warmup),
             "batch": throughput(lambda rec=rec: rec.predict(list(paths)), len(paths), audio_s, args.repeats),
         }
+    live = live_windows(recognizers["torch"], paths, args.runs)
     console.print("timing the librosa pipeline...")
     mlp = classic_mlp(len(meta["model"]["labels"]))
 
@@ -239,7 +245,37 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "single_clip": {"file": "3.0 s, 48 kHz 16-bit WAV", "source": str(paths[0])},
         "batch": {"clips": len(paths), "audio_s": audio_s, "batch_size": args.batch_size},
         "results": results,
+        "live": live,
     }
+
+
+def live_windows(rec: Recognizer, paths: Sequence[Path], runs: int, window_s: float = 2.0) -> dict[str, Any]:
+    """Latency of the live stream's per-hop work on ``runs`` consecutive 2 s windows of speech."""
+    from emovox.serve_stream import analyse_window
+
+    console.print("timing live stream windows...")
+    audio = np.concatenate([load_audio(p) for p in paths])
+    size = int(window_s * SAMPLE_RATE)
+    windows = [audio[i : i + size] for i in range(0, audio.size - size, size // 4)][: max(runs, 8)]
+    out: dict[str, Any] = {"window_s": window_s, "hop_s": 0.5, "windows": len(windows)}
+    ways: dict[str, Callable[[], Any]] = {"plain": lambda: None}
+    if rec.speaker_normalized:
+        ways["session"] = rec.speaker_session
+    for way, make in ways.items():
+        session = make()
+        times, spoken = [], 0
+        for k, w in enumerate(windows):
+            t0 = time.perf_counter()
+            message = analyse_window(rec, k * 0.5 + window_s, w, session)
+            times.append(1000 * (time.perf_counter() - t0))
+            spoken += bool(message.get("speech"))
+        out[way] = {
+            "median_ms": statistics.median(times),
+            "p95_ms": float(np.percentile(times, 95)),
+            "max_ms": max(times),
+            "speech_windows": spoken,
+        }
+    return out
 
 
 def report(data: dict[str, Any]) -> Table:
@@ -280,6 +316,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             console.print(f"[red]error:[/] {exc}")
             return 2
     Console().print(report(data))
+    live = data["live"]
+    for way in ("plain", "session"):
+        if way in live:
+            r = live[way]
+            Console().print(
+                f"live {live['window_s']:g} s window every {live['hop_s']:g} s ({way}, "
+                f"{live['windows']} windows, {r['speech_windows']} with speech): median "
+                f"{r['median_ms']:.1f} ms, p95 {r['p95_ms']:.1f} ms, max {r['max_ms']:.1f} ms: "
+                f"keeps up in real time: {r['p95_ms'] < 1000 * live['hop_s']}"
+            )
     ort_ms = data["results"]["emovox onnx"]["single"]["median_ms"]
     best_rtf = min(r["batch"]["rtf"] for k, r in data["results"].items() if k.startswith("emovox"))
     verdict = {True: "[green]met[/]", False: "[red]missed[/]"}

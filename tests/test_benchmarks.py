@@ -74,3 +74,5 @@ def test_inference_benchmark_runs_with_the_default_model(tmp_path: Path) -> None
     assert set(results) == {"emovox torch", "emovox onnx", "librosa + MLP"}
     for r in results.values():
         assert r["single"]["median_ms"] > 0 and np.isfinite(r["batch"]["rtf"])
+    live = json.loads(out.read_text())["live"]  # the stream's per-hop work, plain and per session
+    assert live["windows"] >= 1 and live["plain"]["median_ms"] > 0 and live["session"]["p95_ms"] > 0
