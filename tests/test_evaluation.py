@@ -192,6 +192,15 @@ def test_cross_validate_no_leak_each_speaker_once(corpus_utts: list[Utterance], 
     assert pooled.sum() == len(corpus_utts)
     assert np.array_equal(pooled, sum(np.array(f["metrics"]["confusion"]) for f in res["folds"]))
     assert len(res["pooled"]["per_speaker"]) == 6 and len(res["predictions"]) == 36
+    # calibration of all test predictions pooled: |accuracy - confidence| per bin, clip-weighted
+    conf = np.array([p["confidence"] for p in res["predictions"]])
+    right = np.array([p["true"] == p["pred"] for p in res["predictions"]])
+    bins = np.clip(np.digitize(conf, np.linspace(0, 1, 11)[1:-1], right=True), 0, 9)
+    gaps = [
+        abs(right[bins == b].mean() - conf[bins == b].mean()) * (bins == b).sum() for b in np.unique(bins)
+    ]
+    assert res["pooled"]["ece"] == pytest.approx(sum(gaps) / len(conf))
+    assert sum(row["n"] for row in res["pooled"]["reliability"]) == 36
 
 
 def test_cross_validate_rejects_leaky_split_unless_allowed(

@@ -54,8 +54,14 @@ def reliability(probs: np.ndarray, targets: np.ndarray, bins: int = 10) -> list[
     """Per equal-width confidence bin: ``lo``, ``hi``, ``n``, mean ``confidence``, ``accuracy``."""
     probs = np.asarray(probs, dtype=np.float64)
     targets = np.asarray(targets, dtype=np.int64)
-    conf = probs.max(axis=1)
-    correct = probs.argmax(axis=1) == targets
+    return reliability_of(probs.max(axis=1), probs.argmax(axis=1) == targets, bins)
+
+
+def reliability_of(confidence: np.ndarray, correct: np.ndarray, bins: int = 10) -> list[dict[str, Any]]:
+    """:func:`reliability` from each prediction's confidence and whether it was right (e.g. the
+    pooled predictions of every cross-validation fold)."""
+    conf = np.asarray(confidence, dtype=np.float64)
+    correct = np.asarray(correct, dtype=bool)
     edges = np.linspace(0.0, 1.0, bins + 1)
     which = np.clip(np.digitize(conf, edges[1:-1], right=True), 0, bins - 1)
     out = []
@@ -74,9 +80,8 @@ def reliability(probs: np.ndarray, targets: np.ndarray, bins: int = 10) -> list[
     return out
 
 
-def expected_calibration_error(probs: np.ndarray, targets: np.ndarray, bins: int = 10) -> float:
-    """ECE: the clip-weighted mean |accuracy - confidence| over :func:`reliability` bins (0 = perfect)."""
-    table = reliability(probs, targets, bins)
+def ece_of(table: list[dict[str, Any]]) -> float:
+    """ECE of a :func:`reliability` table: the clip-weighted mean |accuracy - confidence| (0 = perfect)."""
     total = sum(row["n"] for row in table)
     if total == 0:
         return float("nan")
@@ -85,4 +90,9 @@ def expected_calibration_error(probs: np.ndarray, targets: np.ndarray, bins: int
     )
 
 
-__all__ = ["expected_calibration_error", "fit_temperature", "reliability"]
+def expected_calibration_error(probs: np.ndarray, targets: np.ndarray, bins: int = 10) -> float:
+    """ECE: the clip-weighted mean |accuracy - confidence| over :func:`reliability` bins (0 = perfect)."""
+    return ece_of(reliability(probs, targets, bins))
+
+
+__all__ = ["ece_of", "expected_calibration_error", "fit_temperature", "reliability", "reliability_of"]

@@ -18,6 +18,7 @@ import numpy as np
 
 from emovox import fitting
 from emovox import splits as sp
+from emovox.calibration import ece_of, reliability_of
 from emovox.classifier import FitResult
 from emovox.config import RunConfig
 from emovox.corpora import Utterance, load_corpus, load_waves
@@ -292,6 +293,11 @@ def _cv_result(
         pooled_labels,
         [p["speaker"] for p in predictions],
     )
+    # calibration of every test prediction together (a fold's few hundred clips bias ECE upwards)
+    table = reliability_of(
+        [p["confidence"] for p in predictions], [p["true"] == p["pred"] for p in predictions]
+    )
+    pooled["ece"], pooled["reliability"] = ece_of(table), table
     tested = [s for f in folds for s in f["test_speakers"]]
     description = protocol or f"speaker-grouped cross-validation, {len(folds)} fold(s)"
     return {

@@ -212,6 +212,8 @@ def _scores_section(metrics: Mapping[str, Any], figs: _Figures, is_cv: bool, sco
     ):
         if key in s and s[key].get("values") and math.isfinite(s[key]["mean"]):
             lines += [f"- {what}: {s[key]['mean']:.3f} ± {s[key]['std']:.3f}"]
+    if pooled.get("ece") is not None and math.isfinite(pooled["ece"]):
+        lines += [f"- expected calibration error of all test predictions pooled: {pooled['ece']:.3f}"]
     lines += ["", "Per fold:", ""]
     lines += _table(
         ["fold", "test speakers", "n test", "WA", "UA", "macro-F1", "best val UA", "train time (s)"],
