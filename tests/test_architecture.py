@@ -18,6 +18,7 @@ LAYERS: dict[str, int] = {
     **dict.fromkeys(
         ["datasets", "svm", "lightning_module", "fitting", "predict", "export", "plots", "whisper_convert"], 4
     ),
+    "trainer": 4,  # the Lightning plumbing of fitting
     **dict.fromkeys(  # the parts of predict
         ["runtime", "timeline", "long_audio", "speaker_norm", "file_batches"], 4
     ),
