@@ -78,8 +78,8 @@ def evaluate(
 ) -> None:
     """Evaluate a saved model on a labelled test set: metrics.json, report.md, plots, predictions.csv."""
     from emovox.bundle import read_meta
-    from emovox.predict import check_device
     from emovox.runs import resolve_model_path, run_evaluation
+    from emovox.runtime import check_device
 
     try:
         check_device(device)  # a --device this machine lacks, or a bad --model, fail before the scan

@@ -1,4 +1,4 @@
-"""Batched frame features in PyTorch (CPU or GPU), utterance pooling, and eGeMAPS.
+"""Batched frame features in PyTorch (CPU or GPU) and utterance pooling; re-exports eGeMAPS.
 
 :class:`FeatureExtractor` turns a zero-padded batch of 16 kHz waveforms into frame features
 ``[B, C, F]`` in one pass: one STFT (a 1-D convolution with a windowed DFT basis) feeds log-mel,
@@ -21,7 +21,6 @@ same alone or inside a padded batch.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -33,6 +32,13 @@ import torch.nn.functional as nnf
 from torch import Tensor, nn
 
 from emovox import limits
+from emovox.egemaps import (
+    EGEMAPS_DIM,
+    _smile,  # noqa: F401 (the cached openSMILE extractor: features._smile.cache_clear())
+    egemaps,
+    egemaps_many,
+    egemaps_names,
+)
 from emovox.errors import AudioError, ConfigError
 
 #: Bump whenever a change in this module changes feature values, so caches keyed on it go stale.
@@ -678,60 +684,6 @@ def pool_stats(feats: Tensor, frame_lengths: Tensor, stats: Sequence[str] = ("me
         else:
             out.append(((centred**4).sum(dim=2) / count) / var**2 - 3.0)
     return torch.cat(out, dim=1)
-
-
-# ---------------------------------------------------------------------------------------- eGeMAPS
-EGEMAPS_DIM = 88
-
-
-@functools.lru_cache(maxsize=1)
-def _smile() -> Any:
-    try:
-        import opensmile
-    except ImportError:
-        raise ConfigError(
-            "egemaps: the eGeMAPS features need openSMILE, which is not installed; "
-            "install it with: pip install 'emovox[egemaps]'"
-        ) from None
-    return opensmile.Smile(
-        feature_set=opensmile.FeatureSet.eGeMAPSv02, feature_level=opensmile.FeatureLevel.Functionals
-    )
-
-
-def egemaps_names() -> list[str]:
-    """The 88 eGeMAPSv02 functional names, in the order :func:`egemaps` returns them."""
-    return list(_smile().feature_names)
-
-
-def egemaps(wave: np.ndarray, sr: int = 16000) -> np.ndarray:
-    """The 88 eGeMAPSv02 functionals of one mono waveform (openSMILE ``process_signal``), float32.
-
-    Raises :class:`ConfigError` when openSMILE (the optional extra ``emovox[egemaps]``) is
-    missing, :class:`AudioError` for an empty or non-finite signal.
-    """
-    arr = np.asarray(wave, dtype=np.float32).reshape(-1)
-    if arr.size == 0:
-        raise AudioError("<array>: audio has no samples")
-    if not np.isfinite(arr).all():
-        raise AudioError("<array>: audio contains NaN or infinite samples")
-    frame = _smile().process_signal(arr, sr)
-    values = frame.to_numpy(dtype=np.float32).reshape(-1)
-    if values.size != EGEMAPS_DIM:
-        raise ConfigError(f"egemaps: openSMILE returned {values.size} values instead of {EGEMAPS_DIM}")
-    return values
-
-
-def egemaps_many(waves: Sequence[np.ndarray], sr: int = 16000, *, progress: bool = True) -> np.ndarray:
-    """``[N, 88]`` eGeMAPS functionals for many waveforms, with a progress bar (openSMILE is per clip)."""
-    from emovox.progress import progress_bar
-
-    out = np.zeros((len(waves), EGEMAPS_DIM), dtype=np.float32)
-    with progress_bar(enabled=progress) as bar:
-        task = bar.add_task("eGeMAPS", total=len(waves))
-        for i, w in enumerate(waves):
-            out[i] = egemaps(w, sr)
-            bar.advance(task)
-    return out
 
 
 __all__ = [

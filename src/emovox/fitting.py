@@ -26,13 +26,8 @@ test data or reports.
 from __future__ import annotations
 
 import contextlib
-import csv
 import json
 import math
-import signal
-import sys
-import threading
-import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,25 +53,22 @@ from emovox.datasets import (
     normalization_stats,
     pooled_columns,
 )
-from emovox.errors import ConfigError, CorpusError, EmovoxError
+from emovox.errors import ConfigError, CorpusError
 from emovox.features import pad_batch, pool_stats
 from emovox.models import MODELS, EmotionNet
 from emovox.svm import fit_svm
-
-CHECKPOINT_DIR = "checkpoints"
-BEST_CHECKPOINT = "best.ckpt"
-LAST_CHECKPOINT = "last.ckpt"
-CSV_LOG = "logs/metrics.csv"
-
-
-class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C during :func:`fit`: ``checkpoint`` (``checkpoints/last.ckpt``) holds the state to resume
-    from with ``fit(..., resume=True)`` (``emovox train --resume RUN_DIR``); None if nothing was saved."""
-
-    def __init__(self, run_dir: Path, checkpoint: Path | None) -> None:
-        super().__init__(f"training interrupted; resumable checkpoint: {checkpoint}")
-        self.run_dir = run_dir
-        self.checkpoint = checkpoint
+from emovox.trainer import (
+    BEST_CHECKPOINT,  # noqa: F401 (re-exported: emovox.fitting.BEST_CHECKPOINT)
+    CHECKPOINT_DIR,
+    CSV_LOG,
+    LAST_CHECKPOINT,
+    TrainingInterrupted,  # noqa: F401 (re-exported: emovox.fitting.TrainingInterrupted)
+    build_callbacks,
+    build_trainer,
+    check_resumable,
+    read_csv,
+    run_trainer,
+)
 
 
 class TorchClassifier:
@@ -308,6 +300,66 @@ def _crop_frames(net: EmotionNet, crop: int, features: Any) -> int:
     return 1 + crop // features.hop_length
 
 
+def _feature_datasets(
+    cfg: RunConfig,
+    net: EmotionNet,
+    data: FitData,
+    device: str,
+    *,
+    crop: int | None,
+    progress: bool,
+    resume: bool,
+) -> tuple[FeatureDataset, list[Any], dict[str, Any] | None]:
+    """:func:`_loaders` with a deterministic front end: ``(train dataset, val features, pooled)``.
+
+    The clips' frame features are extracted once through the disk cache (degraded copies too, for
+    the encoder family's ``augment.copies``); the encoder family's ``pooling: stats`` turns them into
+    whole-clip statistics (``pooled``, else None). Sets the normaliser of ``net`` unless ``resume``.
+    """
+    from emovox.cache import cached_features
+
+    tcfg = cfg.train
+    pooled = None
+    net.extractor.to(device)
+    feats = cached_features(
+        [*data.train_waves, *data.val_waves], net.extractor, FeatureCache(),
+        batch_size=tcfg.batch_size, progress=progress,
+    )  # fmt: skip
+    train_feats, val_feats = feats[: len(data.train_waves)], feats[len(data.train_waves) :]
+    train_y, train_groups = data.targets(data.train_y), list(data.train_groups)
+    if cfg.augment.copies and net.family == "encoder":  # degraded copies, cached like the clips
+        from emovox.augment import channel_copies
+
+        copies, source, groups = channel_copies(data.train_waves, train_groups, cfg.augment, tcfg.seed)
+        train_feats = [
+            *train_feats,
+            *cached_features(
+                copies, net.extractor, FeatureCache(), batch_size=tcfg.batch_size, progress=progress
+            ),
+        ]
+        train_y += [train_y[i] for i in source]
+        train_groups += groups
+    net.extractor.cpu()
+    prepooled = net.pooled and net.family == "encoder"
+    if prepooled:  # whole-clip statistics once per clip: training never touches frames
+        train_feats = pooled_columns(train_feats, cfg.features.stats)
+        val_feats = pooled_columns(val_feats, cfg.features.stats)
+        pooled = {
+            "train": train_feats,
+            "val": val_feats,
+            "train_y": train_y,
+            "train_groups": train_groups,
+        }
+    if not resume and (prepooled or not net.pooled):  # normaliser statistics from the cache
+        net.set_normalization(*frame_stats(train_feats))
+    elif not resume:
+        net.set_normalization(
+            *normalization_stats(net, data.train_waves, batch_size=tcfg.batch_size, device=device)
+        )
+    frames = None if crop is None or prepooled else _crop_frames(net, crop, cfg.features)
+    return FeatureDataset(train_feats, train_y, crop=frames), val_feats, pooled
+
+
 def _loaders(
     cfg: RunConfig, net: EmotionNet, data: FitData, device: str, *, progress: bool, resume: bool
 ) -> tuple[DataLoader, DataLoader | None, int, Any]:
@@ -323,6 +375,7 @@ def _loaders(
     crop = int(cfg.data.max_seconds * cfg.features.sample_rate) if cfg.data.max_seconds else None
     cached = uses_cache(cfg)
     pooled = None
+    val_feats: list[Any] = []
     if not cached:
         augment = WaveAugment(cfg.augment, cfg.features.sample_rate) if cfg.augment.wave_enabled else None
         train_ds: Dataset = WaveDataset(
@@ -334,46 +387,9 @@ def _loaders(
                 *normalization_stats(net, data.train_waves, batch_size=tcfg.batch_size, device=device)
             )
     else:  # deterministic front end: extract once (disk cache), train on feature crops
-        from emovox.cache import cached_features
-
-        net.extractor.to(device)
-        feats = cached_features(
-            [*data.train_waves, *data.val_waves], net.extractor, FeatureCache(),
-            batch_size=tcfg.batch_size, progress=progress,
-        )  # fmt: skip
-        train_feats, val_feats = feats[: len(data.train_waves)], feats[len(data.train_waves) :]
-        train_y, train_groups = data.targets(data.train_y), list(data.train_groups)
-        if cfg.augment.copies and net.family == "encoder":  # degraded copies, cached like the clips
-            from emovox.augment import channel_copies
-
-            copies, source, groups = channel_copies(data.train_waves, train_groups, cfg.augment, tcfg.seed)
-            train_feats = [
-                *train_feats,
-                *cached_features(
-                    copies, net.extractor, FeatureCache(), batch_size=tcfg.batch_size, progress=progress
-                ),
-            ]
-            train_y += [train_y[i] for i in source]
-            train_groups += groups
-        net.extractor.cpu()
-        prepooled = net.pooled and net.family == "encoder"
-        if prepooled:  # whole-clip statistics once per clip: training never touches frames
-            train_feats = pooled_columns(train_feats, cfg.features.stats)
-            val_feats = pooled_columns(val_feats, cfg.features.stats)
-            pooled = {
-                "train": train_feats,
-                "val": val_feats,
-                "train_y": train_y,
-                "train_groups": train_groups,
-            }
-        if not resume and (prepooled or not net.pooled):  # normaliser statistics from the cache
-            net.set_normalization(*frame_stats(train_feats))
-        elif not resume:
-            net.set_normalization(
-                *normalization_stats(net, data.train_waves, batch_size=tcfg.batch_size, device=device)
-            )
-        frames = None if crop is None or prepooled else _crop_frames(net, crop, cfg.features)
-        train_ds = FeatureDataset(train_feats, train_y, crop=frames)
+        train_ds, val_feats, pooled = _feature_datasets(
+            cfg, net, data, device, crop=crop, progress=progress, resume=resume
+        )
         batches = collate_features
     drop_last = len(train_ds) > tcfg.batch_size
     steps_per_epoch = len(train_ds) // tcfg.batch_size if drop_last else 1
@@ -405,164 +421,6 @@ def _loaders(
             val_ds, shuffle=False, generator=torch.Generator().manual_seed(tcfg.seed), **loader_args
         )
     return train_loader, val_loader, steps_per_epoch, pooled
-
-
-def _callbacks(
-    cfg: RunConfig,
-    ckpt_dir: Path,
-    train_loader: DataLoader,
-    *,
-    validate: bool,
-    progress: bool,
-    label: str | None,
-    extra: Sequence[Any],
-) -> tuple[list[Any], Any, Any]:
-    """Lightning callbacks (checkpoints, resume state, early stopping, progress bar), the
-    best-checkpoint one and the one that stops at the end of a batch on request (Ctrl-C)."""
-    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
-
-    from emovox.lightning_module import EpochBar, ResumeState, SaveOnInterrupt, StopRequest
-
-    # last.ckpt after every epoch, for resuming (Lightning's save_last only refreshes it when a new
-    # best is saved, which would make a resumed run repeat every epoch since the best one)
-    latest = ModelCheckpoint(
-        dirpath=ckpt_dir, filename=Path(LAST_CHECKPOINT).stem, save_top_k=1, enable_version_counter=False
-    )
-    stop = StopRequest()
-    callbacks: list[Any] = [
-        latest,
-        ResumeState(train_loader),
-        SaveOnInterrupt(ckpt_dir / LAST_CHECKPOINT),
-        stop,
-        *extra,
-    ]
-    best: Any = None
-    if validate:
-        best = ModelCheckpoint(
-            dirpath=ckpt_dir,
-            filename=Path(BEST_CHECKPOINT).stem,
-            monitor="val_ua",
-            mode="max",
-            save_top_k=1,
-            enable_version_counter=False,
-        )
-        callbacks.insert(0, best)
-        if cfg.train.patience:
-            callbacks.append(EarlyStopping(monitor="val_ua", mode="max", patience=cfg.train.patience))
-    if progress:
-        callbacks.append(EpochBar(label))
-    return callbacks, best, stop
-
-
-def _loggers(run_dir: Path) -> list[Any]:
-    """Lightning's CSV log under ``logs/`` and, when tensorboard is installed, TensorBoard's."""
-    from lightning.pytorch.loggers import CSVLogger
-
-    loggers: list[Any] = [CSVLogger(save_dir=run_dir, name="logs", version="")]
-    try:
-        import tensorboard  # noqa: F401
-        from lightning.pytorch.loggers import TensorBoardLogger
-
-        loggers.append(TensorBoardLogger(save_dir=run_dir, name="logs", version="tensorboard"))
-    except ImportError:
-        pass
-    return loggers
-
-
-def _trainer(
-    cfg: RunConfig, run_dir: Path, callbacks: list[Any], steps_per_epoch: int, progress: bool
-) -> Any:
-    """The Lightning Trainer for ``cfg.train``; hardware settings Lightning rejects are a ConfigError."""
-    import lightning as L
-    from lightning.fabric.utilities.exceptions import MisconfigurationException
-
-    tcfg = cfg.train
-    try:
-        return L.Trainer(
-            max_epochs=tcfg.epochs,
-            accelerator=tcfg.accelerator,
-            devices=tcfg.devices,
-            strategy=tcfg.strategy,
-            precision=tcfg.precision,
-            callbacks=callbacks,
-            logger=_loggers(run_dir),
-            gradient_clip_val=tcfg.grad_clip,
-            num_sanity_val_steps=0,
-            log_every_n_steps=max(1, min(50, steps_per_epoch)),
-            enable_model_summary=False,
-            enable_progress_bar=progress,
-            default_root_dir=run_dir,
-        )
-    except (ValueError, RuntimeError, TypeError, MisconfigurationException) as exc:
-        raise ConfigError(
-            f"train.accelerator/devices/strategy/precision: Lightning rejected "
-            f"{tcfg.accelerator!r}/{tcfg.devices!r}/{tcfg.strategy!r}/{tcfg.precision!r}: "
-            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
-        ) from None
-
-
-_QUIET_WARNINGS = (
-    ".*does not have many workers.*",
-    ".*number of training batches.*",
-    ".*LeafSpec.*",
-    ".*module\\(s\\) in eval mode.*",  # a frozen pretrained encoder stays in eval mode
-    ".*resuming from a checkpoint that ended before.*",
-    ".*defined a `validation_step` but have no `val_dataloader`.*",
-    ".*Checkpoint directory .* exists and is not empty.*",
-    ".*Experiment logs directory .* exists and is not empty.*",
-)
-
-
-def _run_trainer(
-    trainer: Any,
-    module: Any,
-    train_loader: DataLoader,
-    val_loader: DataLoader | None,
-    run_dir: Path,
-    *,
-    resume: bool,
-    earlier_log: list[dict[str, str]],
-    stop: Any,
-) -> None:
-    """``trainer.fit`` with Ctrl-C turned into :class:`TrainingInterrupted`, the SIGINT handler
-    restored, and (on resume) ``earlier_log``, the CSV log rows from before the interruption, kept.
-
-    The first Ctrl-C asks ``stop`` (a :class:`~emovox.lightning_module.StopRequest`) to end at the
-    end of the current batch, where ``last.ckpt`` resumes into exactly the uninterrupted run; a
-    second one interrupts at once.
-    """
-    last = run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT
-    csv_log = run_dir / CSV_LOG
-    in_main_thread = threading.current_thread() is threading.main_thread()
-    sigint = signal.getsignal(signal.SIGINT) if in_main_thread else None
-
-    def first_ctrl_c(signum: int, frame: Any) -> None:
-        stop.request()
-        signal.signal(signal.SIGINT, signal.default_int_handler)  # the next one interrupts at once
-        sys.stderr.write("\nstopping at the end of this batch (Ctrl-C again to stop now)\n")
-
-    if in_main_thread:
-        signal.signal(signal.SIGINT, first_ctrl_c)
-    try:
-        with warnings.catch_warnings():
-            for message in _QUIET_WARNINGS:
-                warnings.filterwarnings("ignore", message=message)
-            # weights_only: resuming unpickles nothing but tensors and plain containers
-            trainer.fit(
-                module, train_loader, val_loader, ckpt_path=str(last) if resume else None, weights_only=True
-            )
-    except SystemExit:
-        # Lightning turns Ctrl-C into on_exception callbacks (see SaveOnInterrupt) + sys.exit(1)
-        if trainer.interrupted:
-            raise TrainingInterrupted(run_dir, last if last.is_file() else None) from None
-        raise
-    except KeyboardInterrupt:
-        raise TrainingInterrupted(run_dir, last if last.is_file() else None) from None
-    finally:
-        if in_main_thread and sigint is not None:
-            signal.signal(signal.SIGINT, sigint)  # Lightning leaves Ctrl-C ignored after an interrupt
-        if earlier_log and trainer.is_global_zero:
-            _write_csv(csv_log, earlier_log + _read_csv(csv_log))
 
 
 def fit_torch(
@@ -603,7 +461,7 @@ def fit_torch(
     )
     net.cpu()
     module = EmotionModule(net, cfg, _class_weights(cfg, data), steps_per_epoch, label_masks=data.label_masks)
-    all_callbacks, best, stop = _callbacks(
+    all_callbacks, best, stop = build_callbacks(
         cfg,
         ckpt_dir,
         train_loader,
@@ -613,10 +471,10 @@ def fit_torch(
         extra=callbacks,
     )
     # Lightning's CSV logger starts metrics.csv afresh: keep the rows from before an interruption
-    earlier_log = _read_csv(run_dir / CSV_LOG) if resume else []
+    earlier_log = read_csv(run_dir / CSV_LOG) if resume else []
     quiet_lightning()
-    trainer = _trainer(cfg, run_dir, all_callbacks, steps_per_epoch, progress)
-    _run_trainer(
+    trainer = build_trainer(cfg, run_dir, all_callbacks, steps_per_epoch, progress)
+    run_trainer(
         trainer,
         module,
         train_loader,
@@ -627,14 +485,10 @@ def fit_torch(
         stop=stop,
     )
 
-    best_path = Path(best.best_model_path) if best is not None and best.best_model_path else None
-    chosen = best_path or last
-    state = torch.load(chosen, map_location="cpu", weights_only=True)
-    module.load_trained(state["state_dict"], chosen)
+    chosen, best_ua = _load_best(module, best, last)
     history = [dict(h) for h in module.history]
     if trainer.is_global_zero:
         (run_dir / "history.json").write_text(json.dumps(history, indent=2))
-    best_ua = float(best.best_model_score) if best_path and best.best_model_score is not None else math.nan
     clf = TorchClassifier(
         module.net.cpu().eval(), batch_size=tcfg.batch_size, cache=FeatureCache() if uses_cache(cfg) else None
     )
@@ -652,6 +506,17 @@ def fit_torch(
         history=history,
         checkpoint=chosen,
     )
+
+
+def _load_best(module: Any, best: Any, last: Path) -> tuple[Path, float]:
+    """Load the best checkpoint (``last.ckpt`` when nothing was validated) into ``module``:
+    ``(the checkpoint, its validation UA or NaN)``."""
+    best_path = Path(best.best_model_path) if best is not None and best.best_model_path else None
+    chosen = best_path or last
+    state = torch.load(chosen, map_location="cpu", weights_only=True)
+    module.load_trained(state["state_dict"], chosen)
+    best_ua = float(best.best_model_score) if best_path and best.best_model_score is not None else math.nan
+    return chosen, best_ua
 
 
 def _group_columns(net: EmotionNet, columns: Sequence[np.ndarray], groups: Sequence[str]) -> list[np.ndarray]:
@@ -701,7 +566,7 @@ def _fit_speaker_head(
     steps = len(train_norm) // tcfg.batch_size if drop_last else 1
     head_dir = run_dir / "speaker_head"
     module = EmotionModule(shadow, cfg, _class_weights(cfg, data), steps, label_masks=data.label_masks)
-    callbacks, best, stop = _callbacks(
+    callbacks, best, stop = build_callbacks(
         cfg,
         head_dir / CHECKPOINT_DIR,
         train_loader,
@@ -710,8 +575,8 @@ def _fit_speaker_head(
         label="speaker head",
         extra=(),
     )
-    trainer = _trainer(cfg, head_dir, callbacks, steps, progress)
-    _run_trainer(trainer, module, train_loader, val_loader, head_dir, resume=False, earlier_log=[], stop=stop)
+    trainer = build_trainer(cfg, head_dir, callbacks, steps, progress)
+    run_trainer(trainer, module, train_loader, val_loader, head_dir, resume=False, earlier_log=[], stop=stop)
     chosen = (
         Path(best.best_model_path)
         if best is not None and best.best_model_path
@@ -755,69 +620,6 @@ def _calibrate(clf: TorchClassifier, data: FitData, run_dir: Path | None) -> Non
     }
     if run_dir is not None:
         (run_dir / "calibration.json").write_text(json.dumps(report, indent=2) + "\n")
-
-
-def check_resumable(path: str | Path, cfg: RunConfig, labels: Sequence[str]) -> None:
-    """Refuse, with one clear :class:`EmovoxError`, a ``last.ckpt`` that cannot continue a run of
-    ``cfg`` on ``labels``: missing, unreadable or truncated, holding more than tensors and plain
-    containers (a pickle: never unpickled), not written by emovox, or written for another model
-    (family, parameters, features or labels changed)."""
-    import pickle
-
-    path = Path(path)
-    if not path.is_file():
-        raise EmovoxError(f"{path.parent.parent}: nothing to resume ({path} not found)")
-    net = EmotionNet(cfg.features, cfg.model.family, cfg.model.params, list(labels))
-
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, AttributeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise EmovoxError(
-            f"{path}: cannot resume from this checkpoint: it is not a readable emovox training "
-            f"checkpoint ({first[:200]}); train again into a new --out"
-        ) from None
-    if not isinstance(state, dict) or "state_dict" not in state or "emovox_model" not in state:
-        raise EmovoxError(
-            f"{path}: cannot resume: not an emovox training checkpoint; train again into a new --out"
-        )
-    saved = state["emovox_model"]
-    wanted = net.config()
-    if saved != wanted:
-        changed = sorted(k for k in {*saved, *wanted} if saved.get(k) != wanted.get(k))
-        raise EmovoxError(
-            f"{path}: cannot resume: the checkpoint was trained with another model ({', '.join(changed)} "
-            "changed since); resume with the run's own config, or train again into a new --out"
-        )
-    # a frozen pretrained encoder is not in checkpoints (it is rebuilt from model.params.encoder)
-    frozen = (
-        "net.extractor." if net.family == "encoder" and not cfg.model.params.get("finetune_top") else None
-    )
-    expected = {
-        f"net.{k}": tuple(v.shape)
-        for k, v in net.state_dict().items()
-        if not (frozen and f"net.{k}".startswith(frozen))
-    }
-    found = {k: tuple(v.shape) for k, v in state["state_dict"].items() if k.startswith("net.")}
-    if found != expected:
-        raise EmovoxError(f"{path}: cannot resume: its weights do not fit the model of this run's config")
-
-
-def _read_csv(path: Path) -> list[dict[str, str]]:
-    if not path.is_file():
-        return []
-    with path.open(newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def _write_csv(path: Path, rows: Sequence[Mapping[str, str]]) -> None:
-    """Write ``rows`` under the union of their columns (the training log before and after a resume)."""
-    columns = list(dict.fromkeys(key for row in rows for key in row))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns, restval="")
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 # --------------------------------------------------------------------------- the family registry

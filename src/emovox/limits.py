@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from numbers import Integral
 from typing import Any
 
 from emovox.errors import ConfigError
@@ -209,6 +210,13 @@ def check_labels(labels: Any, where: str = "labels") -> list[str]:
         twice = sorted({label for label in labels if labels.count(label) > 1})
         raise ConfigError(f"{where}: labels must be unique, {', '.join(map(repr, twice))} appears twice")
     return list(labels)
+
+
+def check_top_k(top_k: Any) -> None:
+    """Raise :class:`ConfigError` unless ``top_k`` (how many of the most likely labels to report) is
+    ``None`` or a whole number of at least 1."""
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, Integral) or top_k < 1):
+        raise ConfigError(f"top_k must be a whole number of at least 1, got {top_k!r}")
 
 
 def json_depth_exceeds(value: Any, limit: int = MAX_JSON_DEPTH) -> bool:

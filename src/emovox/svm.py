@@ -18,8 +18,9 @@ import torch
 
 from emovox.classifier import FitData, FitResult
 from emovox.config import RunConfig
+from emovox.egemaps import egemaps_many
 from emovox.errors import ConfigError
-from emovox.features import FeatureConfig, FeatureExtractor, egemaps_many, pad_batch, pool_stats
+from emovox.features import FeatureConfig, FeatureExtractor, pad_batch, pool_stats
 
 
 class SVMClassifier:
