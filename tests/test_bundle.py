@@ -167,7 +167,7 @@ def test_bundle_holds_no_pickle_and_loads_without_unpickling(
 def test_no_module_of_the_bundle_path_can_unpickle() -> None:
     """Belt and braces for the test above: no torch.load / pickle / np.load(allow_pickle) in the code."""
     pattern = re.compile(r"torch\.load\(|import pickle|from pickle|allow_pickle=True|weights_only=False")
-    for name in ("bundle.py", "predict.py", "export.py"):
+    for name in ("bundle.py", "predict.py", "runtime.py", "export.py"):
         source = (REPO / "src" / "emovox" / name).read_text()
         assert not pattern.search(source), name
 
