@@ -177,6 +177,11 @@ def test_speaker_normalised_encoder_model_trains_predicts_and_round_trips(
     assert not np.allclose(grouped, plain)  # the speaker head answered
     lone = clf.predict_proba(clips[:2], groups=["a", "b"])  # groups of one clip: the plain head
     np.testing.assert_allclose(lone, plain[:2], atol=1e-6)
+    from emovox.scoring import evaluate_model
+
+    m = evaluate_model(clf, test, waves, progress=False)  # grouped per speaker, plain, per corpus
+    assert m["normalization"] == "speaker" and 0 <= m["plain"]["ua"] <= 1
+    assert m["corpus_normalized"]["ua"] == pytest.approx(m["ua"])  # one test speaker = one corpus here
 
     bundle = save_bundle(clf.net, tmp_path / "bundle", metrics={}, card=CARD, encoder_dtype="float32")
     rec = Recognizer.load(bundle)

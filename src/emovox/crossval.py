@@ -264,6 +264,7 @@ def _run_fold(
         "ece": m.get("ece"),
         # a speaker-normalised model: the same folds without normalisation (lone clips)
         "plain_ua": (m.get("plain") or {}).get("ua"),
+        "corpus_ua": (m.get("corpus_normalized") or {}).get("ua"),
         "metrics": m,
     }
     fold_dir.mkdir(parents=True, exist_ok=True)
@@ -319,7 +320,7 @@ def _cv_result(
             "best_val_ua": mean_std([f["best_val_ua"] for f in folds]),
             **{
                 key: mean_std([f[key] for f in folds])
-                for key in ("ece", "plain_ua")
+                for key in ("ece", "plain_ua", "corpus_ua")
                 if all(f.get(key) is not None for f in folds)
             },
         },

@@ -209,6 +209,7 @@ def _scores_section(metrics: Mapping[str, Any], figs: _Figures, is_cv: bool, sco
             "UA without speaker normalisation (each clip alone; the scores above standardise "
             "statistics over each test speaker's clips)",
         ),
+        ("corpus_ua", "UA with statistics standardised over each test corpus instead (speakers unknown)"),
     ):
         if key in s and s[key].get("values") and math.isfinite(s[key]["mean"]):
             lines += [f"- {what}: {s[key]['mean']:.3f} ± {s[key]['std']:.3f}"]

@@ -65,9 +65,12 @@ def evaluate_model(
 
     clips = [loaded[u.path] for u in utts]
     probs = predict_all(clf, clips, batch_size=batch_size, progress=progress)
-    plain = None
+    plain = by_corpus = None
     if getattr(clf, "groupable", False):  # speaker-normalised model: each test speaker is a group
         plain = _summary(probs, utts, eval_labels, model_labels)
+        # per-corpus statistics (all test clips of a corpus as one group): when speakers are unknown
+        corpus_probs = clf.predict_proba(clips, groups=[u.corpus for u in utts])
+        by_corpus = _summary(np.asarray(corpus_probs, dtype=np.float64), utts, eval_labels, model_labels)
         probs = np.asarray(clf.predict_proba(clips, groups=[u.speaker for u in utts]), dtype=np.float64)
     probs = _restrict(probs, eval_labels, model_labels)
     best = probs.argmax(axis=1)
@@ -80,6 +83,7 @@ def evaluate_model(
     metrics["reliability"] = reliability(probs, true_idx)
     metrics["normalization"] = "speaker" if plain is not None else None
     metrics["plain"] = plain  # the same model without speaker normalisation (lone clips)
+    metrics["corpus_normalized"] = by_corpus  # standardised over each test corpus instead of speaker
     metrics["model_labels"] = model_labels
     metrics["shared_emotions"] = shared if shared is not None and shared != model_labels else None
     metrics["dropped"] = dropped
