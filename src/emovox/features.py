@@ -102,6 +102,13 @@ class FeatureConfig:
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first invalid field."""
+        self._check_numbers()
+        self._check_names()
+        self._check_set_limits()
+        self._check_size()
+
+    def _check_numbers(self) -> None:
+        """Types and ranges of every numeric field."""
         for name in ("sample_rate", "n_fft", "win_length", "hop_length", "n_mels", "n_mfcc", "n_chroma"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
@@ -119,7 +126,6 @@ class FeatureConfig:
         limits.check("features.n_contrast_bands", self.n_contrast_bands)
         if not isinstance(self.deltas, bool):
             raise ConfigError(f"features.deltas: must be true or false, got {self.deltas!r}")
-        nyquist = self.sample_rate / 2
         if self.n_fft < self.win_length:
             raise ConfigError(f"features.n_fft: must be >= win_length ({self.win_length}), got {self.n_fft}")
         for name in ("fmin", "f0_min", "f0_max"):
@@ -135,6 +141,9 @@ class FeatureConfig:
         for name in ("fmin", "f0_min", "f0_max"):
             limits.check(f"features.{name}", getattr(self, name))
         limits.check_optional("features.fmax", self.fmax)
+
+    def _check_names(self) -> None:
+        """The feature sets and pooling statistics are known, each listed once."""
         if not self.sets:
             raise ConfigError(f"features.sets: pick at least one of {', '.join(FEATURE_SETS)}")
         for name in self.sets:
@@ -151,8 +160,11 @@ class FeatureConfig:
                 raise ConfigError(
                     f"features.stats: unknown statistic {name!r} (known: {', '.join(POOL_STATS)})"
                 )
+
+    def _check_set_limits(self) -> None:
+        """Limits of the sets in use only (e.g. an 8 kHz logmel-only config)."""
         sets = set(self.sets)
-        # set-specific limits are checked only for the sets in use (e.g. an 8 kHz logmel-only config)
+        nyquist = self.sample_rate / 2
         if sets & {"logmel", "mfcc"}:
             if self.fmin < 0:
                 raise ConfigError(f"features.fmin: must be >= 0, got {self.fmin}")
@@ -184,6 +196,10 @@ class FeatureConfig:
                 raise ConfigError(
                     f"features.f0_max: {self.f0_max} Hz is above the Nyquist frequency ({nyquist:g} Hz)"
                 )
+
+    def _check_size(self) -> None:
+        """What building the front end would allocate, refused above the limit."""
+        sets = set(self.sets)
         values = self.front_end_values()
         if values > limits.MAX_FRONT_END_VALUES:
             raise ConfigError(
