@@ -680,3 +680,23 @@ def test_cli_normalize_streams_per_folder_with_timelines_and_skips_bad_files(
     assert [r["emotion"] for r in rows] == [p.emotion for p in expected]
     plain = runner.invoke(app, ["predict", "--model", str(bundle), str(folder), "--normalize", "speaker"])
     assert plain.exit_code == 2 and "speaker-normalised" in plain.output
+
+
+def test_normalize_folder_groups_each_folder_wherever_its_files_come(tmp_path: Path) -> None:
+    """Interleaved inputs (a, b, a, b; or a folder with a sub-folder in between) still make one
+    group per folder, with results in input order, as Recognizer.predict does."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    paths = []
+    for i, src in enumerate(EXAMPLES[:4]):
+        dest = (a if i % 2 == 0 else b) / src.name
+        shutil.copy(src, dest)
+        paths.append(str(dest))
+    rec = Recognizer.load("default")
+    expected = rec.predict(paths, normalize="folder")
+    streamed = list(rec.predict_files(paths, normalize="folder"))
+    assert [r.path for r in streamed] == paths
+    assert [r.prediction.emotion for r in streamed] == [p.emotion for p in expected]
+    np.testing.assert_allclose(
+        [r.prediction.confidence for r in streamed], [p.confidence for p in expected], atol=1e-5
+    )

@@ -197,3 +197,20 @@ def test_validation_speakers_come_from_each_corpus_by_its_own_share() -> None:
     assert val_speakers and all(s.startswith("big:") for s in val_speakers)
     alone, alone_val = validation_speakers(big, np.arange(len(big)), fraction=0.2, seed=0)
     assert val_speakers == {big[i].speaker for i in alone_val}  # one corpus: the choice is unchanged
+
+
+@pytest.mark.parametrize(("n_speakers", "expected"), [(3, "syn:02"), (4, "syn:02"), (5, "syn:00")])
+def test_small_corpora_keep_their_validation_speaker(n_speakers: int, expected: str) -> None:
+    """The fallback (no gender can spare a speaker) draws from the same random stream as before
+    validation became per corpus: pinned to the choice of the single-corpus code."""
+    utts = _synthetic(n_speakers)
+    _, val = validation_speakers(utts, np.arange(len(utts)), fraction=0.1, seed=0)
+    assert {utts[i].speaker for i in val} == {expected}
+
+
+def test_the_fallback_never_gives_a_small_corpus_away() -> None:
+    big = _synthetic(3, corpus="big")
+    small = _synthetic(2, per_emotion=20, corpus="small")
+    utts = [*big, *small]
+    _, val = validation_speakers(utts, np.arange(len(utts)), fraction=0.1, seed=0)
+    assert {utts[i].corpus for i in val} == {"big"}

@@ -646,7 +646,7 @@ def test_masked_cross_entropy_ignores_classes_a_corpus_never_labels() -> None:
 
 
 def test_a_corpus_missing_an_emotion_trains_over_its_own_emotions(
-    utts: list[Utterance], waves: dict[Path, np.ndarray], tmp_path: Path
+    utts: list[Utterance], waves: dict[Path, np.ndarray], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Two corpora, the second without "angry" (as TESS lacks "calm"): its clips get a label mask."""
     import dataclasses
@@ -661,6 +661,18 @@ def test_a_corpus_missing_an_emotion_trains_over_its_own_emotions(
     assert domains == [0] * len(first) + [1] * len(second)
     assert label_domains(first, [], labels) == ([], [])  # one corpus with every label: no masks
 
+    from emovox import lightning_module
+
+    seen: list[torch.Tensor] = []
+    real = lightning_module.masked_cross_entropy
+
+    def spy(logits, target, allowed, weight, smoothing):  # type: ignore[no-untyped-def]
+        seen.append(allowed.detach().clone())
+        return real(logits, target, allowed, weight, smoothing)
+
+    monkeypatch.setattr(lightning_module, "masked_cross_entropy", spy)
     result = fit(config(), [*first, *second], by_speaker(utts, 3), tmp_path, waves=waves, progress=False)
     assert result.model.labels == labels and np.isfinite(result.best_val_ua)
+    rows = torch.cat(seen)  # every training batch went through the mask; the second corpus' rows lack angry
+    assert rows.shape[1] == len(labels) and (~rows[:, labels.index("angry")]).any() and rows.all(1).any()
     assert result.model.predict_proba([waves[u.path] for u in by_speaker(utts, 3)]).shape[1] == len(labels)

@@ -10,7 +10,6 @@ by the model's speaker head, holding one statistics vector per file, not the aud
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -58,15 +57,21 @@ def predict_files(
 
     ``quiet`` wraps each file's decoding; ``batch_s`` is the most seconds of short files' audio
     held and classified at once; ``normalize`` groups the files by speaker (``"speaker"``: all of
-    them, ``"folder"``: consecutive files of one folder).
+    them, ``"folder"``: the files of each folder, wherever they come in the input). Results come
+    in input order: a group's are held until its last file is done.
     """
     if normalize is not None:
-
-        def key(p: str | Path) -> str:
-            return "all" if normalize == "speaker" else str(Path(p).parent)
-
-        for _, group in itertools.groupby(paths, key=key):
-            yield from _predict_group(rec, list(group), top_k, timeline, quiet)
+        groups: dict[str, list[int]] = {}
+        for i, p in enumerate(paths):
+            groups.setdefault("all" if normalize == "speaker" else str(Path(p).parent), []).append(i)
+        done: dict[int, FileResult] = {}
+        following = 0  # the next index to yield
+        for members in groups.values():
+            results = _predict_group(rec, [paths[i] for i in members], top_k, timeline, quiet)
+            done.update(zip(members, results, strict=True))
+            while following in done:
+                yield done.pop(following)
+                following += 1
         return
     pending = _Pending(rec, top_k, timeline)
     for raw in paths:

@@ -304,9 +304,9 @@ class Recognizer:
         the process's stderr (mpg123's "Illegal Audio-MPEG-Header" notes; only for a CLI).
 
         ``normalize`` (speaker-normalised models, see :meth:`predict`): ``"speaker"`` treats all
-        files as one speaker, ``"folder"`` the files of each folder (consecutive paths with the same
-        parent: list folders in order, as ``emovox predict`` does). Each group's short files are
-        standardised over the group, holding one statistics vector per file, not the audio;
+        files as one speaker, ``"folder"`` the files of each folder (wherever they come in the
+        input). Each group's short files are standardised over the group, holding one statistics
+        vector per file, not the audio (results still come in input order);
         long files keep their windowed plain prediction; timeline segments use a running estimate
         over the group's recordings (:class:`SpeakerSession`).
         """

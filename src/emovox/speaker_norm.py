@@ -136,7 +136,10 @@ def running_probabilities(
     with rec._lock, torch.inference_mode(), torch_threads(rec.threads):
         x = raw_stats(rec, waves)
         logits = net.head(net.normalize(x, None), None)
+        finite = torch.isfinite(x).all(dim=1)
         for i in range(x.shape[0]):
+            if not finite[i]:  # never let one bad clip poison the session: reported below
+                continue
             stats.update(x[i])
             if stats.ready:
                 logits[i] = net.speaker_head(stats.standardize(x[i : i + 1]))[0]

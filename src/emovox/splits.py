@@ -173,15 +173,19 @@ def validation_speakers(
         )
     gender_of = {utts[i].speaker: utts[i].gender or "unknown" for i in train_idx}
     corpus_of = {utts[i].speaker: utts[i].corpus for i in train_idx}
+    rng = np.random.default_rng(seed)  # one stream: a single corpus draws exactly as it always did
+    corpora = sorted(set(corpus_of.values()))
     val: list[str] = []
-    for corpus in sorted(set(corpus_of.values())):
-        val += _gender_balanced([s for s in speakers if corpus_of[s] == corpus], gender_of, fraction, seed)
-    if not val:
+    for corpus in corpora:
+        val += _gender_balanced([s for s in speakers if corpus_of[s] == corpus], gender_of, fraction, rng)
+    if not val:  # one speaker from the largest gender of the corpus with the most speakers
+        main = max(corpora, key=lambda c: sum(corpus_of[s] == c for s in speakers))
         groups: dict[str, list[str]] = {}
         for s in speakers:
-            groups.setdefault(gender_of[s], []).append(s)
+            if corpus_of[s] == main:
+                groups.setdefault(gender_of[s], []).append(s)
         largest = max(sorted(groups), key=lambda g: len(groups[g]))
-        val = [str(np.random.default_rng(seed).choice(groups[largest]))]
+        val = [str(rng.choice(groups[largest]))]
     if len(val) == len(speakers):
         val = val[:-1]
     val_mask = np.isin([utts[i].speaker for i in train_idx], val)
@@ -191,10 +195,9 @@ def validation_speakers(
 
 
 def _gender_balanced(
-    speakers: Sequence[str], gender_of: dict[str, str], fraction: float, seed: int
+    speakers: Sequence[str], gender_of: dict[str, str], fraction: float, rng: np.random.Generator
 ) -> list[str]:
     """About ``fraction`` of ``speakers`` for validation, the same number from each known gender."""
-    rng = np.random.default_rng(seed)
     groups: dict[str, list[str]] = {}
     for s in speakers:
         groups.setdefault(gender_of[s], []).append(s)
