@@ -62,7 +62,8 @@ def render_docs(schema: Mapping[str, Any]) -> str:
         '"probabilities"}</code> for the last <code>window</code> seconds (no emotion when '
         "<code>speech</code> is false). With <code>normalize: session</code> (a speaker-normalised model: "
         "<code>speaker_normalized</code> in <code>/api/v1/model</code>) the stream is one voice: each "
-        "window is standardised with a running estimate over the session's speech so far, and "
+        "window is standardised with a running estimate over the session's speech so far (non-overlapping "
+        "windows join it), and "
         '<code>"normalized"</code> says whether that head answered (the first window gets the plain '
         "model). Audio is "
         "analysed at most in real time: windows of audio sent faster than that are skipped, and the next "

@@ -202,10 +202,11 @@ class _StreamSession:
 
 
 def analyse_window(
-    recognizer: RecognizerLike, t: float, window: np.ndarray, speaker: Any = None
+    recognizer: RecognizerLike, t: float, window: np.ndarray, speaker: Any = None, learn: bool = True
 ) -> dict[str, Any]:
     """One stream message: VAD, then the emotion of the window if it holds speech (through the
-    running ``speaker`` normalisation, a :class:`~emovox.predict.SpeakerSession`, when given)."""
+    running ``speaker`` normalisation, a :class:`~emovox.predict.SpeakerSession`, when given; the
+    window joins its estimate when ``learn``)."""
     rms = float(np.sqrt(np.mean(np.square(window, dtype=np.float64)))) if window.size else 0.0
     message: dict[str, Any] = {"t": round(t, 3), "level": round(20 * math.log10(max(rms, 1e-6)), 1)}
     if float(np.abs(window).max(initial=0.0)) == 0.0 or not recognizer.is_speech(window):
@@ -213,7 +214,7 @@ def analyse_window(
         return message
     try:
         if speaker is not None:
-            prediction = speaker.predict(window, sr=SAMPLE_RATE)
+            prediction = speaker.predict(window, sr=SAMPLE_RATE, learn=learn)
         else:
             prediction = recognizer.predict(window, sr=SAMPLE_RATE)
     except AudioError:  # the speech left after the model's silence trimming is too short to classify
@@ -272,6 +273,7 @@ class StreamConnection:
         self.recognizer = service.get()
         self.session = _StreamSession(StreamConfig(), self.settings.stream_burst_s)
         self.speaker: Any = None  # a SpeakerSession with normalize: session
+        self.learned_until: float | None = None  # end of the last window added to its estimate
         self.started = False  # audio has arrived: the config is fixed from now on
         self.first_audio = 0.0  # time.monotonic() of the first audio frame
 
@@ -369,7 +371,14 @@ class StreamConnection:
         allowed = session.rate_limit.take(session.boundaries(samples.size))
         for t, window in session.push(samples, analyse=allowed):
             try:
-                result = await self.service.run(analyse_window, self.recognizer, t, window, self.speaker)
+                # windows overlap (window > hop): only non-overlapping ones join the running
+                # estimate, as the speaker head was trained on distinct clips; all are classified
+                learn = self.learned_until is None or t - self.learned_until >= session.cfg.window - 1e-6
+                result = await self.service.run(
+                    analyse_window, self.recognizer, t, window, self.speaker, learn
+                )
+                if self.speaker is not None and learn and result.get("speech"):
+                    self.learned_until = t
             except EmovoxError as exc:
                 result = {"t": round(t, 3), "error": "inference_failed", "detail": str(exc)}
             if session.dropped:

@@ -51,18 +51,25 @@ class SpeakerSession:
         """Clips seen so far."""
         return self.stats.n
 
-    def probabilities(self, waves: Sequence[np.ndarray], names: Sequence[str] | None = None) -> np.ndarray:
-        """``[N, K]`` probabilities of consecutive preprocessed 16 kHz clips, each added in turn."""
+    def probabilities(
+        self, waves: Sequence[np.ndarray], names: Sequence[str] | None = None, *, learn: bool = True
+    ) -> np.ndarray:
+        """``[N, K]`` probabilities of consecutive preprocessed 16 kHz clips, each added in turn
+        (``learn=False``: classified with the estimate so far, not added: e.g. a live window that
+        overlaps one already added)."""
         names = list(names) if names is not None else [f"<wave {i}>" for i in range(len(waves))]
-        return running_probabilities(self.rec, waves, self.stats, names)
+        return running_probabilities(self.rec, waves, self.stats, names, learn=learn)
 
-    def predict(self, x: Input, sr: int | None = None, top_k: int | None = None) -> Prediction:
-        """Decode, preprocess and classify one clip of this speaker (see :meth:`Recognizer.predict`)."""
+    def predict(
+        self, x: Input, sr: int | None = None, top_k: int | None = None, *, learn: bool = True
+    ) -> Prediction:
+        """Decode, preprocess and classify one clip of this speaker (see :meth:`Recognizer.predict`;
+        ``learn`` as in :meth:`probabilities`)."""
         limits.check_top_k(top_k)
         wave, path = self.rec.decode(x, sr)
         name = path or input_name(x)
         clip = self.rec.preprocess(wave, name=name)
-        probs = self.probabilities([clip], [name])[0]
+        probs = self.probabilities([clip], [name], learn=learn)[0]
         return self.rec._prediction(probs, wave.size / self.rec.sample_rate, path, top_k)
 
 
@@ -126,7 +133,12 @@ def pooled_probabilities(rec: Recognizer, vectors: Sequence[Any]) -> np.ndarray:
 
 
 def running_probabilities(
-    rec: Recognizer, waves: Sequence[np.ndarray], stats: RunningStats, names: Sequence[str]
+    rec: Recognizer,
+    waves: Sequence[np.ndarray],
+    stats: RunningStats,
+    names: Sequence[str],
+    *,
+    learn: bool = True,
 ) -> np.ndarray:
     """Probabilities of consecutive clips of one speaker, each standardised with the running
     estimate ``stats`` after adding it (the plain head until ``stats`` is ready)."""
@@ -140,7 +152,8 @@ def running_probabilities(
         for i in range(x.shape[0]):
             if not finite[i]:  # never let one bad clip poison the session: reported below
                 continue
-            stats.update(x[i])
+            if learn:
+                stats.update(x[i])
             if stats.ready:
                 logits[i] = net.speaker_head(stats.standardize(x[i : i + 1]))[0]
         probs = torch.softmax(logits.float(), dim=-1).cpu().numpy()
