@@ -25,10 +25,9 @@ test data or reports.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,6 +55,7 @@ from emovox.datasets import (
 from emovox.errors import ConfigError, CorpusError
 from emovox.features import pad_batch, pool_stats
 from emovox.models import MODELS, EmotionNet
+from emovox.runtime import torch_threads
 from emovox.svm import fit_svm
 from emovox.trainer import (
     BEST_CHECKPOINT,  # noqa: F401 (re-exported: emovox.fitting.BEST_CHECKPOINT)
@@ -196,10 +196,12 @@ def label_domains(
 
 def _gather(
     utts: Sequence[Utterance], waves: Mapping[Path, np.ndarray], labels: Sequence[str]
-) -> tuple[list[np.ndarray], list[int], list[str]]:
+) -> tuple[list[Utterance], list[np.ndarray], list[int], list[str]]:
+    """The utterances that can be used (audio loaded, emotion among ``labels``), their waves,
+    class indices and speakers."""
     index = {label: i for i, label in enumerate(labels)}
     kept = [u for u in utts if u.path in waves and u.emotion in index]
-    return [waves[u.path] for u in kept], [index[u.emotion] for u in kept], [u.speaker for u in kept]
+    return kept, [waves[u.path] for u in kept], [index[u.emotion] for u in kept], [u.speaker for u in kept]
 
 
 def fit(
@@ -241,11 +243,9 @@ def fit(
         raise CorpusError(
             f"training data has {len(labels)} emotion(s) ({', '.join(labels)}); need at least 2"
         )
-    train_waves, train_y, train_groups = _gather(train, waves, labels)
-    val_waves, val_y, val_groups = _gather(val, waves, labels)
-    domains, masks = label_domains([u for u in train if u.path in waves and u.emotion in labels], [
-        u for u in val if u.path in waves and u.emotion in labels
-    ], labels)  # fmt: skip
+    train_kept, train_waves, train_y, train_groups = _gather(train, waves, labels)
+    val_kept, val_waves, val_y, val_groups = _gather(val, waves, labels)
+    domains, masks = label_domains(train_kept, val_kept, labels)
     data = FitData(labels, train_waves, train_y, val_waves, val_y, train_groups, val_groups, domains, masks)
     with cpu_threads(cfg.train.threads):
         return fitter.fit(
@@ -253,18 +253,9 @@ def fit(
         )
 
 
-@contextlib.contextmanager
-def cpu_threads(threads: int | None) -> Iterator[None]:
-    """Run the block with ``threads`` PyTorch CPU threads (None = leave the setting alone)."""
-    if threads is None:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+cpu_threads = torch_threads
+"""Run the block with ``threads`` PyTorch CPU threads (None = leave the setting alone): the one
+helper of :mod:`emovox.runtime`, under the name training code has always imported."""
 
 
 # --------------------------------------------------------------------------- fit: neural families

@@ -21,36 +21,28 @@ from emovox.serve_model import RecognizerLike, Service, prediction_dict, segment
 from emovox.serve_settings import API
 from emovox.serve_uploads import MULTIPART_OVERHEAD, Upload, decode_upload, read_uploads
 
-_UPLOAD_SCHEMA = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["file"],
-                    "properties": {"file": {"type": "string", "format": "binary"}},
+
+def _multipart_body(field: str, many: bool) -> dict[str, Any]:
+    """OpenAPI request body of a multipart upload of one file (or a list of files) named ``field``."""
+    binary: dict[str, Any] = {"type": "string", "format": "binary"}
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": [field],
+                        "properties": {field: {"type": "array", "items": binary} if many else binary},
+                    }
                 }
-            }
-        },
+            },
+        }
     }
-}
-_BATCH_SCHEMA = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["files"],
-                    "properties": {
-                        "files": {"type": "array", "items": {"type": "string", "format": "binary"}}
-                    },
-                }
-            }
-        },
-    }
-}
+
+
+_UPLOAD_SCHEMA = _multipart_body("file", many=False)
+_BATCH_SCHEMA = _multipart_body("files", many=True)
 _ERRORS = {
     code: {"description": text}
     for code, text in {
