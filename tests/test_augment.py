@@ -271,3 +271,52 @@ def test_channel_copies_are_seeded_per_speaker_and_copy() -> None:
     assert not all(np.array_equal(x, y) for x, y in zip(copies, other, strict=True))
     with pytest.raises(ConfigError, match="augment.channels"):
         AugmentConfig(copies=1, channels=("bogus",))
+
+
+def test_validation_copies_draw_from_every_channel_whatever_training_uses() -> None:
+    """augment.val_copies: the same degraded validation audio for candidates with different mixes."""
+    from emovox.augment import AugmentConfig, validation_copies
+
+    waves = [synth_speech(0.5, 16_000, f0=120 + 10 * i, seed=i) for i in range(8)]
+    groups = [f"s{i // 2}" for i in range(8)]
+    narrow = AugmentConfig(copies=1, val_copies=3, channels=("gain",))
+    wide = AugmentConfig(copies=4, val_copies=3, channels=("noise", "babble"))
+    a, source, out_groups = validation_copies(waves, groups, narrow, seed=0)
+    b = validation_copies(waves, groups, wide, seed=0)[0]
+    assert len(a) == 24 and sorted(source) == sorted(list(range(8)) * 3)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))  # training mix is irrelevant
+    channels = {g.split("#")[1].rstrip("0123456789") for g in out_groups}
+    assert len(channels) > 1  # not only "gain"
+
+
+def test_validation_copies_join_validation(tmp_path: Path) -> None:
+    """fit with augment.val_copies=2 validates on the clips plus two degraded copies of each."""
+    import lightning
+
+    from emovox.config import load_config
+    from emovox.corpora import Utterance
+    from emovox.training import fit
+
+    rng = np.random.default_rng(0)
+    waves: dict[Path, np.ndarray] = {}
+    utts = []
+    for s in range(3):
+        for e, emotion in enumerate(("neutral", "happy")):
+            for k in range(2):
+                path = tmp_path / f"{s}_{emotion}_{k}.wav"
+                waves[path] = synth_speech(0.4 + 0.05 * k, SR, f0=120.0 + 90 * e, seed=int(rng.integers(1e6)))
+                utts.append(Utterance(path, emotion, f"t:{s}", "folder", emotion))
+    seen: list[int] = []
+
+    class Spy(lightning.pytorch.Callback):
+        def on_validation_batch_start(self, trainer: Any, module: Any, batch: Any, *args: Any) -> None:
+            seen.append(len(batch[-1]))
+
+    cfg = load_config(None, [
+        "model.family=mlp", "model.params.hidden=[8]", "features.n_mels=16", "data.max_seconds=null",
+        "augment.val_copies=2", "train.epochs=1", "train.batch_size=4",
+    ])  # fmt: skip
+    train = [u for u in utts if u.speaker != "t:2"]
+    val = [u for u in utts if u.speaker == "t:2"]
+    fit(cfg, train, val, tmp_path / "run", waves=waves, progress=False, callbacks=[Spy()])
+    assert sum(seen) == 3 * len(val)  # 4 clips + 2 x 4 copies, one epoch (no sanity pass)

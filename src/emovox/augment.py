@@ -44,6 +44,10 @@ class AugmentConfig:
     each copy of a speaker's clips through one channel drawn from ``channels``
     (:func:`emovox.degrade.random_channel`), seeded by the training seed, speaker and copy, so the
     copies' features are cached and reused by every later fold and run.
+    ``val_copies``: K degraded copies of every validation clip join validation (checkpoint choice,
+    temperature, the reported validation UA), through channels drawn from all of
+    :data:`emovox.degrade.CHANNELS` whatever ``channels`` says, so configurations that train on
+    different channel mixes are chosen on the same degraded validation audio.
     """
 
     noise_p: float = 0.0
@@ -64,6 +68,7 @@ class AugmentConfig:
     freq_masks: int = 0
     freq_mask_width: int = 8
     copies: int = 0
+    val_copies: int = 0
     channels: tuple[str, ...] = ("telephone", "noise", "babble", "codec", "gain", "reverb")
 
     def __post_init__(self) -> None:
@@ -100,7 +105,7 @@ class AugmentConfig:
                     known = ", ".join(CHANNELS)
                     raise ConfigError(f"{key}: must be a list drawn from {known}, got {value!r}")
                 setattr(self, f.name, tuple(value))
-            elif f.name in ("time_masks", "time_mask_width", "freq_masks", "freq_mask_width", "copies"):
+            elif f.name in _COUNTS:
                 if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                     raise ConfigError(f"{key}: must be a non-negative integer, got {value!r}")
         if self.background_p > 0 and not self.background_dir:
@@ -123,6 +128,9 @@ class AugmentConfig:
     def to_dict(self) -> dict[str, Any]:
         """JSON/YAML-able dict (pairs become lists)."""
         return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v for f in fields(self)}
+
+
+_COUNTS = ("time_masks", "time_mask_width", "freq_masks", "freq_mask_width", "copies", "val_copies")
 
 
 def _is_number(value: Any) -> bool:
@@ -160,6 +168,20 @@ def channel_copies(
                 source.append(i)
                 out_groups.append(f"{g}#{name}{k}")
     return out, source, out_groups
+
+
+def validation_copies(
+    waves: Sequence[np.ndarray], groups: Sequence[str], cfg: AugmentConfig, seed: int
+) -> tuple[list[np.ndarray], list[int], list[str]]:
+    """``cfg.val_copies`` degraded copies of the validation clips, as :func:`channel_copies` returns
+    them, each (speaker, copy) through a channel drawn from every family of
+    :data:`emovox.degrade.CHANNELS` (never from ``cfg.channels``: candidates that train on different
+    mixes are validated on the same audio)."""
+    from dataclasses import replace
+
+    from emovox.degrade import CHANNELS
+
+    return channel_copies(waves, groups, replace(cfg, copies=cfg.val_copies, channels=CHANNELS), seed)
 
 
 class WaveAugment:

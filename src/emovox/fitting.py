@@ -246,6 +246,14 @@ def fit(
     train_kept, train_waves, train_y, train_groups = _gather(train, waves, labels)
     val_kept, val_waves, val_y, val_groups = _gather(val, waves, labels)
     domains, masks = label_domains(train_kept, val_kept, labels)
+    if cfg.augment.val_copies and val_waves:  # degraded validation speakers (augment.val_copies)
+        from emovox.augment import validation_copies
+
+        copies, source, groups = validation_copies(
+            val_waves, val_groups or ["validation"] * len(val_waves), cfg.augment, cfg.train.seed
+        )
+        val_waves, val_y = [*val_waves, *copies], [*val_y, *(val_y[i] for i in source)]
+        val_groups = [*val_groups, *groups] if val_groups else []
     data = FitData(labels, train_waves, train_y, val_waves, val_y, train_groups, val_groups, domains, masks)
     with cpu_threads(cfg.train.threads):
         return fitter.fit(

@@ -93,6 +93,7 @@ RANGES: dict[str, Range] = {
     "augment.freq_masks": Range(0, 100, integer=True),
     "augment.freq_mask_width": Range(0, 1024, integer=True),
     "augment.copies": Range(0, 16, integer=True),
+    "augment.val_copies": Range(0, 16, integer=True),
     # bundles (config.json) and prediction
     "bundle.sample_rate": Range(1000, 192_000, integer=True),
     "preprocessing.min_duration": Range(0, 60),
