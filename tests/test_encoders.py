@@ -187,6 +187,15 @@ def test_speaker_normalised_encoder_model_trains_predicts_and_round_trips(
     rec = Recognizer.load(bundle)
     clf.cache = None  # the live front end, as the Recognizer runs it (the cache holds float16)
     grouped = clf.predict_proba(clips, groups=["spk3"] * len(clips))
+    # several groupings of the same clips (how evaluate_model scores): one pass of the encoder
+    passes: list[int] = []
+    encode = clf.net.raw_inputs
+    clf.net.raw_inputs = lambda w, n: (passes.append(len(w)), encode(w, n))[1]  # type: ignore[method-assign]
+    lone_again, grouped_again = clf.predict_proba_groupings(clips, [None, ["spk3"] * len(clips)])
+    del clf.net.raw_inputs
+    assert sum(passes) == len(clips)
+    np.testing.assert_allclose(grouped_again, grouped, atol=1e-5)
+    np.testing.assert_allclose(lone_again, clf.predict_proba(clips), atol=1e-5)
     assert rec.speaker_normalized
     names = [str(u.path) for u in test]
     by_rec = rec.predict(names, normalize="speaker")

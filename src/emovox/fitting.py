@@ -106,26 +106,67 @@ class TorchClassifier:
         return torch.softmax(logits, dim=-1).numpy().astype(np.float64)
 
     @torch.inference_mode()
-    def _grouped_logits(self, waves: Sequence[np.ndarray], groups: Sequence[str], out: np.ndarray) -> None:
-        from emovox.speaker_stats import MIN_GROUP_CLIPS
-
+    def _raw_stats(self, waves: Sequence[np.ndarray], progress: bool = False) -> torch.Tensor:
+        """Raw pooled statistics ``[N, D]`` of a pooled model (from the cache when it has one)."""
         if self.cache is not None:
             from emovox.cache import cached_features
 
-            feats = cached_features(waves, self.net.extractor, self.cache, batch_size=self.batch_size)
+            feats = cached_features(
+                waves, self.net.extractor, self.cache, batch_size=self.batch_size, progress=progress
+            )
             x = pooled_columns(feats, self.net.feature_cfg.stats)
-            raw = torch.from_numpy(np.stack([c[:, 0] for c in x]))
-        else:
-            rows = []
+            return torch.from_numpy(np.stack([c[:, 0] for c in x]))
+        from emovox.progress import progress_bar
+
+        rows = []
+        with progress_bar(enabled=progress) as bar:
+            task = bar.add_task("encoding", total=len(waves))
             for start in range(0, len(waves), self.batch_size):
                 wave, lengths = pad_batch(list(waves[start : start + self.batch_size]))
                 rows.append(self.net.raw_inputs(wave.to(self.device), lengths.to(self.device))[0].cpu())
-            raw = torch.cat(rows)
+                bar.advance(task, wave.shape[0])
+        return torch.cat(rows)
+
+    @torch.inference_mode()
+    def _grouped_logits(self, raw: torch.Tensor, groups: Sequence[str], out: np.ndarray) -> None:
+        from emovox.speaker_stats import MIN_GROUP_CLIPS
+
+        if len(groups) != len(out):
+            raise ValueError(f"groups: {len(groups)} keys for {len(out)} clips")
         keys = np.asarray(list(groups))
         for g in np.unique(keys):
             idx = np.flatnonzero(keys == g)
             if len(idx) >= MIN_GROUP_CLIPS:
                 out[idx] = self.net.speaker_logits(raw[idx].to(self.device)).double().cpu().numpy()
+
+    @torch.inference_mode()
+    def predict_proba_groupings(
+        self,
+        waves: Sequence[np.ndarray],
+        groupings: Sequence[Sequence[str] | None],
+        *,
+        progress: bool = False,
+    ) -> list[np.ndarray]:
+        """:meth:`predict_proba` under several groupings (``None`` = each clip alone) of the same
+        clips, with the encoder run once: scoring a speaker-normalised model plain, per speaker and
+        per corpus costs one extraction, not five."""
+        if not (self.groupable and self.net.pooled):
+            return [self.predict_proba(waves, g) for g in groupings]
+        raw = self._raw_stats(waves, progress)
+        plain = np.zeros((len(raw), len(self.labels)), dtype=np.float64)
+        for start in range(0, len(raw), 256):  # pooled heads ignore the frame counts
+            x = raw[start : start + 256].to(self.device)
+            frames = torch.ones(len(x), dtype=torch.long, device=self.device)
+            plain[start : start + len(x)] = (
+                self.net.head(self.net.normalize(x, frames), frames).double().cpu().numpy()
+            )
+        out = []
+        for groups in groupings:
+            logits = plain.copy()
+            if groups is not None:
+                self._grouped_logits(raw, groups, logits)
+            out.append(torch.softmax(torch.from_numpy(logits), dim=-1).numpy().astype(np.float64))
+        return out
 
     @torch.inference_mode()
     def predict_logits(self, waves: Sequence[np.ndarray], groups: Sequence[str] | None = None) -> np.ndarray:
@@ -152,7 +193,7 @@ class TorchClassifier:
         if groups is not None and self.groupable:
             if len(groups) != len(waves):
                 raise ValueError(f"groups: {len(groups)} keys for {len(waves)} clips")
-            self._grouped_logits(waves, groups, out)
+            self._grouped_logits(self._raw_stats(waves), groups, out)
         return out
 
 

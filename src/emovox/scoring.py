@@ -64,14 +64,20 @@ def evaluate_model(
         raise CorpusError("none of the test files could be loaded: " + "; ".join(r for _, r in skipped[:3]))
 
     clips = [loaded[u.path] for u in utts]
-    probs = predict_all(clf, clips, batch_size=batch_size, progress=progress)
     plain = by_corpus = None
     if getattr(clf, "groupable", False):  # speaker-normalised model: each test speaker is a group
-        plain = _summary(probs, utts, eval_labels, model_labels)
-        # per-corpus statistics (all test clips of a corpus as one group): when speakers are unknown
-        corpus_probs = clf.predict_proba(clips, groups=[u.corpus for u in utts])
+        # each clip alone, per corpus (all test clips of a corpus as one group: when speakers are
+        # unknown) and per speaker, from one pass of the encoder
+        groupings = [None, [u.corpus for u in utts], [u.speaker for u in utts]]
+        if hasattr(clf, "predict_proba_groupings"):
+            lone, corpus_probs, probs = clf.predict_proba_groupings(clips, groupings, progress=progress)
+        else:
+            lone, corpus_probs, probs = (clf.predict_proba(clips, groups=g) for g in groupings)
+        plain = _summary(np.asarray(lone, dtype=np.float64), utts, eval_labels, model_labels)
         by_corpus = _summary(np.asarray(corpus_probs, dtype=np.float64), utts, eval_labels, model_labels)
-        probs = np.asarray(clf.predict_proba(clips, groups=[u.speaker for u in utts]), dtype=np.float64)
+        probs = np.asarray(probs, dtype=np.float64)
+    else:
+        probs = predict_all(clf, clips, batch_size=batch_size, progress=progress)
     probs = _restrict(probs, eval_labels, model_labels)
     best = probs.argmax(axis=1)
     y_pred = [eval_labels[i] for i in best]
