@@ -320,3 +320,19 @@ def test_validation_copies_join_validation(tmp_path: Path) -> None:
     val = [u for u in utts if u.speaker == "t:2"]
     fit(cfg, train, val, tmp_path / "run", waves=waves, progress=False, callbacks=[Spy()])
     assert sum(seen) == 3 * len(val)  # 4 clips + 2 x 4 copies, one epoch (no sanity pass)
+
+
+def test_speed_copies_are_pseudo_speakers() -> None:
+    """channels [speed]: one factor per (speaker, copy): every clip of a session changes length alike."""
+    from emovox.augment import AugmentConfig, channel_copies
+
+    waves = [synth_speech(0.5 + 0.1 * i, 16_000, f0=150, seed=i) for i in range(4)]
+    copies, source, groups = channel_copies(
+        waves, ["a"] * 4, AugmentConfig(copies=2, channels=("speed",)), seed=0
+    )
+    assert all(g.startswith("a#speed") for g in groups)
+    for k in range(2):
+        ratios = {
+            round(waves[i].size / copies[4 * k + j].size, 2) for j, i in enumerate(source[4 * k : 4 * k + 4])
+        }
+        assert len(ratios) == 1 and 0.89 <= ratios.pop() <= 1.11

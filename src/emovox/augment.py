@@ -46,7 +46,7 @@ class AugmentConfig:
     copies' features are cached and reused by every later fold and run.
     ``val_copies``: K degraded copies of every validation clip join validation (checkpoint choice,
     temperature, the reported validation UA), through channels drawn from all of
-    :data:`emovox.degrade.CHANNELS` whatever ``channels`` says, so configurations that train on
+    :data:`emovox.degrade.DEGRADATIONS` whatever ``channels`` says, so configurations that train on
     different channel mixes are chosen on the same degraded validation audio.
     """
 
@@ -175,13 +175,13 @@ def validation_copies(
 ) -> tuple[list[np.ndarray], list[int], list[str]]:
     """``cfg.val_copies`` degraded copies of the validation clips, as :func:`channel_copies` returns
     them, each (speaker, copy) through a channel drawn from every family of
-    :data:`emovox.degrade.CHANNELS` (never from ``cfg.channels``: candidates that train on different
-    mixes are validated on the same audio)."""
+    :data:`emovox.degrade.DEGRADATIONS` (never from ``cfg.channels``: candidates that train on
+    different mixes are validated on the same audio)."""
     from dataclasses import replace
 
-    from emovox.degrade import CHANNELS
+    from emovox.degrade import DEGRADATIONS
 
-    return channel_copies(waves, groups, replace(cfg, copies=cfg.val_copies, channels=CHANNELS), seed)
+    return channel_copies(waves, groups, replace(cfg, copies=cfg.val_copies, channels=DEGRADATIONS), seed)
 
 
 class WaveAugment:

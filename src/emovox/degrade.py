@@ -188,8 +188,12 @@ def speed(wave: np.ndarray, factor: float, *, sr: int = SR) -> np.ndarray:
     return soxr.resample(wave, sr * factor, sr).astype(np.float32)
 
 
-#: Channel families :func:`random_channel` draws from (training copies of the encoder family).
-CHANNELS = ("telephone", "noise", "babble", "codec", "gain", "reverb")
+#: Degradations of the recording channel (what validation copies draw from, ``augment.val_copies``).
+DEGRADATIONS = ("telephone", "noise", "babble", "codec", "gain", "reverb")
+#: Families :func:`random_channel` draws from (training copies of the encoder family): the
+#: degradations plus ``speed``, a perturbation of the voice itself (one speed factor per session
+#: makes a pseudo-speaker, Kaldi-style).
+CHANNELS = (*DEGRADATIONS, "speed")
 
 
 def random_channel(
@@ -198,7 +202,8 @@ def random_channel(
     """One channel, drawn once per recording session: its name and a function of (wave, rng, others)
     that degrades each clip with per-clip random parameters in the issue's ranges (noise 0-20 dB SNR
     white/pink/brown, babble 0-20 dB, telephone with or without mu-law, MP3 32-96 / Opus 12-32
-    kbit/s, gain -30..+10 dB clipped, reverberation RT60 0.2-0.8 s)."""
+    kbit/s, gain -30..+10 dB clipped, reverberation RT60 0.2-0.8 s; ``speed``: one factor in
+    0.9-1.1 for the whole session)."""
     name = str(rng.choice(list(channels)))
     if name not in CHANNELS:
         raise ValueError(f"channel: expected one of {', '.join(CHANNELS)}, got {name!r}")
@@ -217,6 +222,9 @@ def random_channel(
         return name, lambda w, r, o: codec(w, fmt, kbps)
     if name == "gain":
         return name, lambda w, r, o: gain(w, float(r.uniform(-30, 10)))
+    if name == "speed":
+        factor = float(rng.uniform(0.9, 1.1))
+        return name, lambda w, r, o: speed(w, factor)
     return name, lambda w, r, o: reverb(w, float(r.uniform(0.2, 0.8)), rng=r)
 
 
@@ -244,6 +252,7 @@ def apply_condition(
 __all__ = [
     "CHANNELS",
     "CONDITIONS",
+    "DEGRADATIONS",
     "random_channel",
     "add_babble",
     "add_noise",
