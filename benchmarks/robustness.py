@@ -35,7 +35,14 @@ def _degraded(name: str, wave: np.ndarray, key: str, others: list[np.ndarray]) -
     return apply_condition(name, wave, rng=rng, others=others)
 
 
-def run(configs: list[Path], corpus: Path, folds: int, per_fold: int | None, conditions: list[str]) -> dict:
+def run(
+    configs: list[Path],
+    corpus: Path,
+    folds: int,
+    per_fold: int | None,
+    conditions: list[str],
+    work: Path = REPO / "runs" / "robustness",
+) -> dict:
     from emovox.config import load_config
     from emovox.corpora import load_corpus, load_waves
     from emovox.fitting import fit
@@ -55,7 +62,7 @@ def run(configs: list[Path], corpus: Path, folds: int, per_fold: int | None, con
             )
             result = fit(
                 cfg, [utts[i] for i in fit_idx], [utts[i] for i in val_idx],
-                REPO / "runs" / "robustness" / f"{cfg.name}-fold{k + 1}", waves=waves, progress=False,
+                work / f"{cfg.name}-fold{k + 1}", waves=waves, progress=False,
             )  # fmt: skip
             test = [utts[i] for i in split.test]
             if per_fold:
@@ -110,11 +117,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--per-fold", type=int, default=None, help="score a seeded subset of each test fold")
     ap.add_argument("--conditions", nargs="+", default=list(CONDITIONS), choices=list(CONDITIONS))
     ap.add_argument("--out", type=Path, default=REPO / "runs" / "robustness.json")
+    ap.add_argument("--work", type=Path, default=REPO / "runs" / "robustness", help="fold run folders")
     args = ap.parse_args(argv)
     if not args.corpus.is_dir():
         print(f"error: {args.corpus}: RAVDESS not found (pass --corpus)", file=sys.stderr)
         return 2
-    results = run(args.configs, args.corpus, args.folds, args.per_fold, args.conditions)
+    results = run(args.configs, args.corpus, args.folds, args.per_fold, args.conditions, args.work)
     report = {
         "benchmark": "robustness",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),

@@ -76,3 +76,45 @@ def test_inference_benchmark_runs_with_the_default_model(tmp_path: Path) -> None
         assert r["single"]["median_ms"] > 0 and np.isfinite(r["batch"]["rtf"])
     live = json.loads(out.read_text())["live"]  # the stream's per-hop work, plain and per session
     assert live["windows"] >= 1 and live["plain"]["median_ms"] > 0 and live["session"]["p95_ms"] > 0
+
+
+def test_robustness_benchmark_runs_and_feeds_the_model_card(tmp_path: Path) -> None:
+    """benchmarks/robustness.py end to end on a tiny corpus; scripts/train_default.py turns its JSON
+    into the model card's "measured beyond the cross-validation" text."""
+    corpora = _fake_ravdess(tmp_path / "corpora")
+    config = tmp_path / "tiny.yaml"
+    config.write_text(
+        "name: tiny\nfeatures: {n_mels: 16, sets: [logmel]}\nmodel: {family: mlp, params: {hidden: [8]}}\n"
+        "train: {epochs: 1, batch_size: 8, val_fraction: 0.5}\ndata: {trim_silence: false}\n"
+    )
+    out = tmp_path / "robustness.json"
+    argv = ["--configs", str(config), "--corpus", str(corpora / "ravdess"), "--folds", "2"]
+    argv += [
+        "--conditions",
+        "clean",
+        "telephone",
+        "babble10",
+        "--out",
+        str(out),
+        "--work",
+        str(tmp_path / "w"),
+    ]
+    assert _script("robustness").main(argv) == 0
+    conds = json.loads(out.read_text())["results"]["tiny"]["conditions"]
+    assert set(conds) == {"clean", "telephone", "babble10"}
+    assert all(0 <= c["ua_mean"] <= 1 and len(c["folds"]) == 2 for c in conds.values())
+
+    spec = importlib.util.spec_from_file_location("train_default", REPO / "scripts" / "train_default.py")
+    assert spec is not None and spec.loader is not None
+    train_default = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train_default)
+    metrics = {
+        "pooled": {"ece": 0.0423},
+        "folds": [{"n_test": 30}, {"n_test": 34}],
+        "cv": {"ece": {"mean": 0.05}},
+    }
+    text = train_default._measured("tiny", metrics, out, None)
+    assert f"telephone band {conds['telephone']['ua_mean']:.3f}" in text
+    assert f"babble 10 dB {conds['babble10']['ua_mean']:.3f}" in text
+    assert f"(clean {conds['clean']['ua_mean']:.3f})" in text
+    assert "error 0.042 over all 64 test predictions pooled (0.050 as the mean" in text

@@ -377,11 +377,14 @@ def test_model_card_content(saved: tuple[Path, EmotionNet]) -> None:
 
 
 def test_model_card_without_scores_and_custom_text(tmp_path: Path) -> None:
-    card = ModelCard(title="Demo", citation="Livingstone & Russo (2018)", **CARD)
+    card = ModelCard(title="Demo", citation="Livingstone & Russo (2018)", measured="Telephone 0.7.", **CARD)
     path = save_bundle(make_net(), tmp_path / "b", metrics={}, card=card)
     text = (path / CARD_FILE).read_text()
     assert text.startswith("# Demo") and "No scores were recorded" in text
     assert "## References\n\nLivingstone & Russo (2018)" in text
+    assert "## Measured beyond the cross-validation\n\nTelephone 0.7.\n\n## Intended use" in text
+    plain = (save_bundle(make_net(), tmp_path / "c", metrics={}, card=CARD) / CARD_FILE).read_text()
+    assert "Measured beyond" not in plain
 
 
 def test_model_card_fields_are_checked(tmp_path: Path) -> None:

@@ -40,6 +40,9 @@ class ModelCard:
     limitations: str = DEFAULT_LIMITATIONS
     citation: str = ""
     """References for the data and method (markdown)."""
+    measured: str = ""
+    """Scores measured beyond the cross-validation (degraded audio, other corpora; markdown), shown
+    under their own heading when given."""
 
     @classmethod
     def coerce(cls, card: ModelCard | Mapping[str, Any]) -> ModelCard:
@@ -85,7 +88,7 @@ categories: {labels}.
 
 {protocol}
 
-{scores}
+{scores}{measured}
 ## Intended use
 
 {intended_use}
@@ -163,6 +166,9 @@ def render_card(
         licence=card.licence.rstrip(".") + ".",
         protocol=card.protocol,
         scores=_scores(metrics),
+        measured=f"\n## Measured beyond the cross-validation\n\n{card.measured.strip()}\n"
+        if card.measured
+        else "",
         intended_use=card.intended_use,
         limitations=card.limitations,
         citation=f"\n## References\n\n{card.citation}\n" if card.citation else "",
