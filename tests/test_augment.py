@@ -336,3 +336,6 @@ def test_speed_copies_are_pseudo_speakers() -> None:
             round(waves[i].size / copies[4 * k + j].size, 2) for j, i in enumerate(source[4 * k : 4 * k + 4])
         }
         assert len(ratios) == 1 and 0.89 <= ratios.pop() <= 1.11
+    slow = AugmentConfig(copies=1, channels=("speed",), speed_range=(0.7, 0.75))
+    copies = channel_copies(waves, ["a"] * 4, slow, seed=0)[0]
+    assert all(1.3 <= c.size / w.size <= 1.45 for c, w in zip(copies, waves, strict=True))

@@ -28,6 +28,7 @@ _RANGES = {
     "stretch_rate": (0.1, 10.0),
     "shift_seconds": (-10.0, 10.0),
     "gain_db": (-60.0, 60.0),
+    "speed_range": (0.5, 2.0),
 }
 
 
@@ -48,6 +49,8 @@ class AugmentConfig:
     temperature, the reported validation UA), through channels drawn from all of
     :data:`emovox.degrade.DEGRADATIONS` whatever ``channels`` says, so configurations that train on
     different channel mixes are chosen on the same degraded validation audio.
+    ``speed_range``: the factors a ``speed`` copy draws from (one per session; below 1 a slower,
+    lower voice with a longer vocal tract: a crude vocal tract length perturbation).
     """
 
     noise_p: float = 0.0
@@ -70,6 +73,7 @@ class AugmentConfig:
     copies: int = 0
     val_copies: int = 0
     channels: tuple[str, ...] = ("telephone", "noise", "babble", "codec", "gain", "reverb")
+    speed_range: tuple[float, float] = (0.9, 1.1)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -156,7 +160,7 @@ def channel_copies(
     for k in range(cfg.copies):
         for g in sorted(set(keys)):
             rng = np.random.default_rng(zlib.crc32(f"{seed}:{g}:{k}".encode()))
-            name, degrade = random_channel(cfg.channels, rng)
+            name, degrade = random_channel(cfg.channels, rng, speed_range=cfg.speed_range)
             others = [waves[i] for i in range(len(waves)) if keys[i] != g][:: max(1, len(waves) // 64)]
             for i in (i for i in range(len(waves)) if keys[i] == g):
                 clip_rng = np.random.default_rng(zlib.crc32(f"{seed}:{g}:{k}:{i}".encode()))

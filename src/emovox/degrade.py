@@ -197,13 +197,13 @@ CHANNELS = (*DEGRADATIONS, "speed")
 
 
 def random_channel(
-    channels: Sequence[str], rng: np.random.Generator
+    channels: Sequence[str], rng: np.random.Generator, *, speed_range: tuple[float, float] = (0.9, 1.1)
 ) -> tuple[str, Callable[[np.ndarray, np.random.Generator, Sequence[np.ndarray]], np.ndarray]]:
     """One channel, drawn once per recording session: its name and a function of (wave, rng, others)
     that degrades each clip with per-clip random parameters in the issue's ranges (noise 0-20 dB SNR
     white/pink/brown, babble 0-20 dB, telephone with or without mu-law, MP3 32-96 / Opus 12-32
     kbit/s, gain -30..+10 dB clipped, reverberation RT60 0.2-0.8 s; ``speed``: one factor in
-    0.9-1.1 for the whole session)."""
+    ``speed_range`` for the whole session)."""
     name = str(rng.choice(list(channels)))
     if name not in CHANNELS:
         raise ValueError(f"channel: expected one of {', '.join(CHANNELS)}, got {name!r}")
@@ -223,7 +223,7 @@ def random_channel(
     if name == "gain":
         return name, lambda w, r, o: gain(w, float(r.uniform(-30, 10)))
     if name == "speed":
-        factor = float(rng.uniform(0.9, 1.1))
+        factor = float(rng.uniform(*speed_range))
         return name, lambda w, r, o: speed(w, factor)
     return name, lambda w, r, o: reverb(w, float(r.uniform(0.2, 0.8)), rng=r)
 
