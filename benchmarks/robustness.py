@@ -127,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "robustness",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()}, python {platform.python_version()}",
+        "corpus": str(args.corpus),
+        "folds": args.folds,
         "per_fold": args.per_fold,
         "results": results,
     }

@@ -4,7 +4,7 @@
     python scripts/train_default.py --model fast         # -> src/emovox/assets/fast_model/ (cnn1d)
     python scripts/train_default.py --skip-cv --out /tmp/m   # quicker: no cross-validation scores
     python scripts/train_default.py --robustness runs/robustness.json \
-        --cross-corpus runs/cv-ravdess-to-tess/fold_01/metrics.json   # card: measured beyond the CV
+        --cross-corpus runs/rav_to_tess/metrics.json        # the card: measured beyond the CV
 
 The default model (``configs/default.yaml``) reads a frozen Whisper base encoder: convert its
 weights first (``python scripts/convert_whisper_ct2.py base --out models/whisper-base``, from the
@@ -19,9 +19,9 @@ Steps (all speaker-independent):
    the model card and metrics.json; they are the estimate of accuracy on unseen speakers.
 2. The final model trains on all twenty actors (plus the extra corpora), with validation actors
    carved from them for early stopping and checkpoint selection, exactly as inside each fold.
-   ``--robustness`` (the JSON of ``benchmarks/robustness.py``) and ``--cross-corpus`` (the fold
+   ``--robustness`` (the JSON of ``benchmarks/robustness.py``) and ``--cross-corpus`` (the
    metrics.json of an ``emovox cv`` cross-corpus run) add what they measured to the model card,
-   with the pooled calibration error of step 1.
+   with the pooled calibration error of step 1; both are checked before any training.
 3. The bundle (safetensors + JSON + model card) is written atomically to ``--out``, then (``fast``,
    or ``--onnx``) the ONNX export (waveform -> probabilities, verified against PyTorch with
    onnxruntime) is added to it. The encoder bundle ships without its ONNX twin, which would double
@@ -110,6 +110,9 @@ def _run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     if not cfg.data.path:
         raise EmovoxError(f"{args.config}: data.path is not set")
+    if args.overrides and (args.robustness or args.cross_corpus):
+        raise EmovoxError("--robustness / --cross-corpus describe the config as written: drop the overrides")
+    measured = _benchmark_text(cfg.name, args.folds, args.robustness, args.cross_corpus)
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
     cfg.dump(work / "config.yaml")
@@ -220,7 +223,7 @@ def _run(args: argparse.Namespace) -> int:
             + ("; the Whisper encoder weights are MIT-licensed" if net.family == "encoder" else "")
         ),
         citation=CITATION,
-        measured=_measured(cfg.name, metrics, args.robustness, args.cross_corpus),
+        measured=" ".join([*measured, _calibration_text(metrics)]).strip(),
         **({"limitations": ENCODER_LIMITS} if net.family == "encoder" else {}),
     )
     out = save_bundle(
@@ -250,18 +253,26 @@ CONDITION_NAMES = {
 }
 
 
-def _measured(name: str, metrics: dict[str, Any], robustness: Path | None, cross: Path | None) -> str:
-    """The model card's "measured beyond the cross-validation" text, from the benchmark outputs
-    given (none: only the pooled calibration error of this run's cross-validation)."""
+def _benchmark_text(name: str, folds: int, robustness: Path | None, cross: Path | None) -> list[str]:
+    """The model card's sentences on degraded audio and the other corpus, from the outputs of
+    ``benchmarks/robustness.py`` and of a cross-corpus ``emovox cv`` run; read and checked before
+    any training, so a wrong file fails at once."""
     parts = []
     if robustness is not None:
         report = _read_json(robustness)
-        result = report.get("results", {}).get(name)
-        if result is None:
+        results = report.get("results")
+        if report.get("benchmark") != "robustness" or not isinstance(results, dict):
+            raise EmovoxError(f"{robustness}: not the JSON of benchmarks/robustness.py")
+        result = results.get(name)
+        conds = result.get("conditions") if isinstance(result, dict) else None
+        if not isinstance(conds, dict) or not all(
+            isinstance(v, dict) and isinstance(v.get("ua_mean"), (int, float)) for v in conds.values()
+        ):
             raise EmovoxError(
                 f"{robustness}: no results for config {name!r} (rerun benchmarks/robustness.py)"
             )
-        conds = result["conditions"]
+        if report.get("folds", folds) != folds:
+            raise EmovoxError(f"{robustness}: measured over {report['folds']} folds, this run uses {folds}")
 
         def cell(c: str) -> str:
             v = conds[c]
@@ -270,24 +281,35 @@ def _measured(name: str, metrics: dict[str, Any], robustness: Path | None, cross
 
         lone_too = any(v.get("plain_ua_mean") is not None for v in conds.values())
         shown = ", ".join(f"{CONDITION_NAMES.get(c, c)} {cell(c)}" for c in conds if c != "clean")
+        which = (
+            f"a seeded subset of {report['per_fold']} test clips per fold"
+            if report.get("per_fold")
+            else "every test clip"
+        )
         parts.append(
-            f"Same actor folds, every test clip degraded (`benchmarks/robustness.py`, "
+            f"Same actor folds, {which} degraded (`benchmarks/robustness.py`, "
             f"{str(report.get('date', ''))[:10]}"
             + ("; speaker-normalised UA / lone clip UA" if lone_too else "; UA")
             + f"): {shown}"
             + (f" (clean {cell('clean')})." if "clean" in conds else ".")
         )
     if cross is not None:
-        fold = _read_json(cross)
-        shared = (fold.get("metrics") or {}).get("shared_emotions") or (fold.get("metrics") or {}).get(
-            "labels", []
-        )
+        data = _read_json(cross)
+        folds_in = data.get("folds") if data.get("kind") == "cross_validation" else [data]
+        fold = folds_in[0] if isinstance(folds_in, list) and len(folds_in) == 1 else None
+        scored = fold.get("metrics") if isinstance(fold, dict) else None
+        if not isinstance(scored, dict) or not isinstance(fold.get("ua"), (int, float)) or "n" not in scored:
+            raise EmovoxError(
+                f"{cross}: expected the metrics.json of a cross-corpus `emovox cv` run (one fold), "
+                "or its fold_01/metrics.json"
+            )
         test = (
             ", ".join(sorted({s.split(":")[0] for s in fold.get("test_speakers", [])})) or "the other corpus"
         )
         parts.append(
-            f"Other corpus ({test}, {fold['n_test']} clips, {len(shared)} shared emotions): the same "
-            f"recipe trained on this model's corpus scores {fold['ua']:.3f} UA speaker-normalised"
+            f"Other corpus ({test}, {scored['n']} clips of {len(scored.get('labels', []))} shared "
+            f"emotions): the same recipe trained on this model's corpus scores {fold['ua']:.3f} UA "
+            "speaker-normalised"
             + (f", {fold['plain_ua']:.3f} lone clip" if fold.get("plain_ua") is not None else "")
             + (
                 f", {fold['corpus_ua']:.3f} with statistics standardised over the whole corpus"
@@ -296,22 +318,30 @@ def _measured(name: str, metrics: dict[str, Any], robustness: Path | None, cross
             )
             + "."
         )
+    return parts
+
+
+def _calibration_text(metrics: dict[str, Any]) -> str:
+    """The card's sentence on the pooled calibration error of this run's cross-validation."""
     pooled = metrics.get("pooled") or {}
-    if pooled.get("ece") is not None:
-        n = sum(f.get("n_test") or 0 for f in metrics.get("folds", []))
-        mean = (metrics.get("cv") or {}).get("ece", {}).get("mean")
-        parts.append(
-            f"Calibration: expected calibration error {pooled['ece']:.3f} over all {n} test predictions "
-            "pooled" + (f" ({mean:.3f} as the mean of per-fold values)." if mean is not None else ".")
-        )
-    return " ".join(parts)
+    if pooled.get("ece") is None:
+        return ""
+    mean = (metrics.get("cv") or {}).get("ece", {}).get("mean")
+    return (
+        f"Calibration: expected calibration error {pooled['ece']:.3f} over all {pooled.get('n', '?')} "
+        "test predictions pooled"
+        + (f" ({mean:.3f} as the mean of per-fold values)." if mean is not None else ".")
+    )
 
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise EmovoxError(f"{path}: cannot read benchmark results ({exc})") from exc
+    if not isinstance(data, dict):
+        raise EmovoxError(f"{path}: expected a JSON object of benchmark results")
+    return data
 
 
 def _shown(path: Path) -> str:

@@ -287,6 +287,8 @@ def test_validation_copies_draw_from_every_channel_whatever_training_uses() -> N
     assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))  # training mix is irrelevant
     channels = {g.split("#")[1].rstrip("0123456789") for g in out_groups}
     assert len(channels) > 1  # not only "gain"
+    speedy = validation_copies(waves, groups, AugmentConfig(val_copies=4, channels=("speed",)), seed=0)[2]
+    assert not any("#speed" in g for g in speedy)  # validation hears channels, not other voices
 
 
 def test_validation_copies_join_validation(tmp_path: Path) -> None:
@@ -310,7 +312,7 @@ def test_validation_copies_join_validation(tmp_path: Path) -> None:
 
     class Spy(lightning.pytorch.Callback):
         def on_validation_batch_start(self, trainer: Any, module: Any, batch: Any, *args: Any) -> None:
-            seen.append(len(batch[-1]))
+            seen.extend(int(y) for y in batch[-1])
 
     cfg = load_config(None, [
         "model.family=mlp", "model.params.hidden=[8]", "features.n_mels=16", "data.max_seconds=null",
@@ -319,7 +321,8 @@ def test_validation_copies_join_validation(tmp_path: Path) -> None:
     train = [u for u in utts if u.speaker != "t:2"]
     val = [u for u in utts if u.speaker == "t:2"]
     fit(cfg, train, val, tmp_path / "run", waves=waves, progress=False, callbacks=[Spy()])
-    assert sum(seen) == 3 * len(val)  # 4 clips + 2 x 4 copies, one epoch (no sanity pass)
+    # 4 clips + 2 x 4 copies, one epoch (no sanity pass), each copy labelled as its source clip
+    assert len(seen) == 3 * len(val) and sorted(seen) == [0] * 6 + [1] * 6
 
 
 def test_speed_copies_are_pseudo_speakers() -> None:

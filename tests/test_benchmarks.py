@@ -13,6 +13,7 @@ from pathlib import Path
 from types import ModuleType
 
 import numpy as np
+import pytest
 import soundfile as sf
 
 from conftest import REPO, synth_speech
@@ -108,13 +109,41 @@ def test_robustness_benchmark_runs_and_feeds_the_model_card(tmp_path: Path) -> N
     assert spec is not None and spec.loader is not None
     train_default = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(train_default)
-    metrics = {
-        "pooled": {"ece": 0.0423},
-        "folds": [{"n_test": 30}, {"n_test": 34}],
-        "cv": {"ece": {"mean": 0.05}},
-    }
-    text = train_default._measured("tiny", metrics, out, None)
+    text = " ".join(train_default._benchmark_text("tiny", 2, out, None))
+    assert "every test clip degraded" in text
     assert f"telephone band {conds['telephone']['ua_mean']:.3f}" in text
     assert f"babble 10 dB {conds['babble10']['ua_mean']:.3f}" in text
     assert f"(clean {conds['clean']['ua_mean']:.3f})" in text
-    assert "error 0.042 over all 64 test predictions pooled (0.050 as the mean" in text
+    metrics = {"pooled": {"ece": 0.0423, "n": 64}, "cv": {"ece": {"mean": 0.05}}}
+    calibration = train_default._calibration_text(metrics)
+    assert "error 0.042 over all 64 test predictions pooled (0.050 as the mean" in calibration
+
+    # a cross-corpus run's metrics.json (one fold), as emovox cv writes it
+    fold = {"ua": 0.684, "plain_ua": 0.478, "corpus_ua": 0.679, "test_speakers": ["tess:OAF", "tess:YAF"]}
+    fold["metrics"] = {
+        "n": 2800,
+        "labels": ["angry", "disgust", "fearful", "happy", "neutral", "sad", "surprised"],
+    }
+    cross = tmp_path / "cross.json"
+    cross.write_text(json.dumps({"kind": "cross_validation", "folds": [fold]}))
+    (sentence,) = train_default._benchmark_text("tiny", 2, None, cross)
+    assert "(tess, 2800 clips of 7 shared emotions)" in sentence and "0.684 UA speaker-normalised" in sentence
+    assert "0.478 lone clip, 0.679 with statistics standardised" in sentence
+    # the wrong files are one clear error each, before any training
+    from emovox.errors import EmovoxError
+
+    wrong = tmp_path / "wrong.json"
+    for content, message in [
+        ("[1, 2]", "expected a JSON object"),
+        (json.dumps({"benchmark": "inference", "results": {}}), "not the JSON of benchmarks/robustness.py"),
+    ]:
+        wrong.write_text(content)
+        with pytest.raises(EmovoxError, match=message):
+            train_default._benchmark_text("tiny", 2, wrong, None)
+    with pytest.raises(EmovoxError, match="no results for config 'other'"):
+        train_default._benchmark_text("other", 2, out, None)
+    with pytest.raises(EmovoxError, match="measured over 2 folds, this run uses 5"):
+        train_default._benchmark_text("tiny", 5, out, None)
+    wrong.write_text(json.dumps({"kind": "cross_validation", "folds": [fold, fold]}))
+    with pytest.raises(EmovoxError, match="cross-corpus `emovox cv` run"):
+        train_default._benchmark_text("tiny", 2, None, wrong)

@@ -196,6 +196,20 @@ def test_speaker_normalised_encoder_model_trains_predicts_and_round_trips(
     assert sum(passes) == len(clips)
     np.testing.assert_allclose(grouped_again, grouped, atol=1e-5)
     np.testing.assert_allclose(lone_again, clf.predict_proba(clips), atol=1e-5)
+    small = ["spk3"] * (len(clips) - 1) + ["alone"]  # a group of one clip gets the plain head
+    np.testing.assert_allclose(
+        clf.predict_proba_groupings(clips, [small])[0], clf.predict_proba(clips, small), atol=1e-5
+    )
+    assert [p.shape for p in clf.predict_proba_groupings([], [None, []])] == [(0, len(clf.labels))] * 2
+    with pytest.raises(ValueError, match="groups: 1 keys"):
+        clf.predict_proba_groupings(clips, [None, ["spk3"]])
+    from emovox.cache import FeatureCache
+
+    clf.cache = FeatureCache(tmp_path / "states")  # the cached path (float16 states) agrees too
+    cached = clf.predict_proba_groupings(clips, [None, ["spk3"] * len(clips)])
+    np.testing.assert_allclose(cached[0], clf.predict_proba(clips), atol=1e-5)
+    np.testing.assert_allclose(cached[1], clf.predict_proba(clips, ["spk3"] * len(clips)), atol=1e-5)
+    clf.cache = None
     assert rec.speaker_normalized
     names = [str(u.path) for u in test]
     by_rec = rec.predict(names, normalize="speaker")

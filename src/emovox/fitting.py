@@ -150,8 +150,14 @@ class TorchClassifier:
         """:meth:`predict_proba` under several groupings (``None`` = each clip alone) of the same
         clips, with the encoder run once: scoring a speaker-normalised model plain, per speaker and
         per corpus costs one extraction, not five."""
-        if not (self.groupable and self.net.pooled):
-            return [self.predict_proba(waves, g) for g in groupings]
+        for groups in groupings:
+            if groups is not None and len(groups) != len(waves):
+                raise ValueError(f"groups: {len(groups)} keys for {len(waves)} clips")
+        if not waves:
+            return [np.zeros((0, len(self.labels)), dtype=np.float64) for _ in groupings]
+        if not (self.groupable and self.net.pooled):  # groups change nothing: one prediction
+            probs = self.predict_proba(waves)
+            return [probs.copy() for _ in groupings]
         raw = self._raw_stats(waves, progress)
         plain = np.zeros((len(raw), len(self.labels)), dtype=np.float64)
         for start in range(0, len(raw), 256):  # pooled heads ignore the frame counts
@@ -290,11 +296,9 @@ def fit(
     if cfg.augment.val_copies and val_waves:  # degraded validation speakers (augment.val_copies)
         from emovox.augment import validation_copies
 
-        copies, source, groups = validation_copies(
-            val_waves, val_groups or ["validation"] * len(val_waves), cfg.augment, cfg.train.seed
-        )
+        copies, source, groups = validation_copies(val_waves, val_groups, cfg.augment, cfg.train.seed)
         val_waves, val_y = [*val_waves, *copies], [*val_y, *(val_y[i] for i in source)]
-        val_groups = [*val_groups, *groups] if val_groups else []
+        val_groups = [*val_groups, *groups]  # each (speaker, copy) is a session of its own
     data = FitData(labels, train_waves, train_y, val_waves, val_y, train_groups, val_groups, domains, masks)
     with cpu_threads(cfg.train.threads):
         return fitter.fit(
