@@ -178,7 +178,12 @@ def _run(args: argparse.Namespace) -> int:
             )
             + (f"; expected calibration error {s['ece']['mean']:.3f}" if "ece" in s else "")
             + "; the shipped model is then trained on 16 of the 20 actors, "
-            "the other 4 choosing its checkpoint (early stopping) and its temperature (calibration)."
+            "the other 4 choosing its checkpoint (early stopping) and its temperature (calibration)"
+            + (
+                f", heard clean and through {cfg.augment.val_copies} channel-degraded copies."
+                if cfg.augment.val_copies
+                else "."
+            )
         )
         print(
             f"cross-validation: UA {s['ua']['mean']:.3f} ± {s['ua']['std']:.3f} "
