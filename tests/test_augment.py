@@ -190,24 +190,33 @@ def test_spec_augment_is_identity_in_eval_and_for_pooled_inputs() -> None:
 # --------------------------------------------------------------------------- only training data
 
 
+def _two_emotion_clips(
+    tmp_path: Path, *, speakers: int, per_emotion: int
+) -> tuple[list[Any], dict[Path, np.ndarray]]:
+    """Synthetic "neutral" / "happy" clips of speakers ``t:0``, ``t:1``, ...: (utterances, waves by path)."""
+    from emovox.corpora import Utterance
+
+    rng = np.random.default_rng(0)
+    waves: dict[Path, np.ndarray] = {}
+    utts = []
+    for s in range(speakers):
+        for e, emotion in enumerate(("neutral", "happy")):
+            for k in range(per_emotion):
+                path = tmp_path / f"{s}_{emotion}_{k}.wav"
+                waves[path] = synth_speech(0.4 + 0.05 * k, SR, f0=120.0 + 90 * e, seed=int(rng.integers(1e6)))
+                utts.append(Utterance(path, emotion, f"t:{s}", "folder", emotion))
+    return utts, waves
+
+
 def test_fit_augments_training_batches_only(tmp_path: Path) -> None:
     """With waveform augmentation on, training batches are perturbed and validation batches are the
     untouched clips; the returned classifier is deterministic (no augmentation at inference)."""
     import lightning
 
     from emovox.config import load_config
-    from emovox.corpora import Utterance
     from emovox.training import fit
 
-    rng = np.random.default_rng(0)
-    waves: dict[Path, np.ndarray] = {}
-    utts = []
-    for s in range(2):
-        for e, emotion in enumerate(("neutral", "happy")):
-            for k in range(3):
-                path = tmp_path / f"{s}_{emotion}_{k}.wav"
-                waves[path] = synth_speech(0.4 + 0.05 * k, SR, f0=120.0 + 90 * e, seed=int(rng.integers(1e6)))
-                utts.append(Utterance(path, emotion, f"t:{s}", "folder", emotion))
+    utts, waves = _two_emotion_clips(tmp_path, speakers=2, per_emotion=3)
     train = [u for u in utts if u.speaker == "t:0"]
     val = [u for u in utts if u.speaker == "t:1"]
     seen: dict[str, list[np.ndarray]] = {"train": [], "val": []}
@@ -296,18 +305,9 @@ def test_validation_copies_join_validation(tmp_path: Path) -> None:
     import lightning
 
     from emovox.config import load_config
-    from emovox.corpora import Utterance
     from emovox.training import fit
 
-    rng = np.random.default_rng(0)
-    waves: dict[Path, np.ndarray] = {}
-    utts = []
-    for s in range(3):
-        for e, emotion in enumerate(("neutral", "happy")):
-            for k in range(2):
-                path = tmp_path / f"{s}_{emotion}_{k}.wav"
-                waves[path] = synth_speech(0.4 + 0.05 * k, SR, f0=120.0 + 90 * e, seed=int(rng.integers(1e6)))
-                utts.append(Utterance(path, emotion, f"t:{s}", "folder", emotion))
+    utts, waves = _two_emotion_clips(tmp_path, speakers=3, per_emotion=2)
     seen: list[int] = []
 
     class Spy(lightning.pytorch.Callback):

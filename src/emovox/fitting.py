@@ -140,6 +140,18 @@ class TorchClassifier:
                 out[idx] = self.net.speaker_logits(raw[idx].to(self.device)).double().cpu().numpy()
 
     @torch.inference_mode()
+    def _pooled_logits(self, raw: torch.Tensor) -> np.ndarray:
+        """Calibrated logits of the plain head from raw pooled statistics ``[N, D]``."""
+        out = np.zeros((len(raw), len(self.labels)), dtype=np.float64)
+        for start in range(0, len(raw), 256):  # pooled heads ignore the frame counts
+            x = raw[start : start + 256].to(self.device)
+            frames = torch.ones(len(x), dtype=torch.long, device=self.device)
+            out[start : start + len(x)] = (
+                self.net.head(self.net.normalize(x, frames), frames).double().cpu().numpy()
+            )
+        return out
+
+    @torch.inference_mode()
     def predict_proba_groupings(
         self,
         waves: Sequence[np.ndarray],
@@ -155,17 +167,11 @@ class TorchClassifier:
                 raise ValueError(f"groups: {len(groups)} keys for {len(waves)} clips")
         if not waves:
             return [np.zeros((0, len(self.labels)), dtype=np.float64) for _ in groupings]
-        if not (self.groupable and self.net.pooled):  # groups change nothing: one prediction
+        if not self.groupable:  # groups change nothing: one prediction
             probs = self.predict_proba(waves)
             return [probs.copy() for _ in groupings]
         raw = self._raw_stats(waves, progress)
-        plain = np.zeros((len(raw), len(self.labels)), dtype=np.float64)
-        for start in range(0, len(raw), 256):  # pooled heads ignore the frame counts
-            x = raw[start : start + 256].to(self.device)
-            frames = torch.ones(len(x), dtype=torch.long, device=self.device)
-            plain[start : start + len(x)] = (
-                self.net.head(self.net.normalize(x, frames), frames).double().cpu().numpy()
-            )
+        plain = self._pooled_logits(raw)
         out = []
         for groups in groupings:
             logits = plain.copy()
@@ -178,6 +184,15 @@ class TorchClassifier:
     def predict_logits(self, waves: Sequence[np.ndarray], groups: Sequence[str] | None = None) -> np.ndarray:
         """Calibrated logits ``[N, K]`` (``softmax`` of them is :meth:`predict_proba`)."""
         out = np.zeros((len(waves), len(self.labels)), dtype=np.float64)
+        if groups is not None and self.groupable:  # pooled statistics once, for both heads
+            if len(groups) != len(waves):
+                raise ValueError(f"groups: {len(groups)} keys for {len(waves)} clips")
+            if not waves:
+                return out
+            raw = self._raw_stats(waves)
+            out = self._pooled_logits(raw)
+            self._grouped_logits(raw, groups, out)
+            return out
         order = sorted(range(len(waves)), key=lambda i: np.asarray(waves[i]).size)
         feats = None
         if self.cache is not None:
@@ -196,10 +211,6 @@ class TorchClassifier:
                     x = pool_stats(x, frames, self.net.feature_cfg.stats)
                 logits = self.net.head(self.net.normalize(x, frames), frames)  # calibrated
             out[idx] = logits.double().cpu().numpy()
-        if groups is not None and self.groupable:
-            if len(groups) != len(waves):
-                raise ValueError(f"groups: {len(groups)} keys for {len(waves)} clips")
-            self._grouped_logits(self._raw_stats(waves), groups, out)
         return out
 
 
